@@ -1,0 +1,258 @@
+"""`benchmark bench`: throughput benchmarks whose ratios are all measured in the same run.
+
+1. corruption throughput: `datamodules.corruptions.apply` vs a bare Pillow encode/decode loop (goal >= 0.9x)
+2. corruption cache: warm re-run vs cold first run of `CorruptionCache` (goal >= 20x)
+3. metrics on a batch: `benchmark.metrics` psnr/ssim/psnrb vs scikit-image, pyiqa and a plain-numpy PSNR-B
+   (goal >= 3x faster, equal values)
+
+Timings are best-of-`--repeat` wall-clock (time.perf_counter); nothing is hard-coded and nothing is asserted, the
+numbers are only printed. Importing this module does nothing.
+"""
+from __future__ import annotations
+
+import io
+import math
+import tempfile
+import time
+from typing import Callable
+
+import numpy as np
+
+JPEG_QFS = (10, 20)
+CACHE_QFS = (10, 20, 30, 40)
+CROP = 256
+METRIC_QF = 10
+GOAL_CODEC, GOAL_CACHE, GOAL_METRIC = 0.9, 20.0, 3.0
+
+
+def _best_of(fn: Callable[[], object], repeat: int) -> tuple[float, object]:
+    """(best wall time in s, result of the last call)."""
+    best, out = math.inf, None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def _ms(t: float) -> str:
+    return f"{t * 1e3:9.1f} ms"
+
+
+def _verdict(value: float, goal: float) -> str:
+    return "ok" if value >= goal else "below goal"
+
+
+# ---- 1. corruption throughput ----------------------------------------------------------------------------------
+def _bare_pillow(pixels_list: list[np.ndarray], qfs) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for p in pixels_list:
+        mode = "L" if p.ndim == 2 else "RGB"
+        kw = {} if mode == "L" else {"subsampling": "4:2:0"}
+        for q in qfs:
+            buf = io.BytesIO()
+            Image.fromarray(p).save(buf, "JPEG", quality=q, **kw)
+            buf.seek(0)
+            out.append(np.asarray(Image.open(buf).convert(mode)))
+    return out
+
+
+def bench_corruption(records, repeat: int) -> None:
+    from datamodules.corruptions import Corruption, apply
+
+    items = [(r.pixels, r.digest) for r in records]  # digests computed outside the timing
+    pixels_list = [p for p, _ in items]
+
+    def ours():
+        return [apply(p, Corruption("jpeg", (q,)), d)[0] for p, d in items for q in JPEG_QFS]
+
+    def bare():
+        return _bare_pillow(pixels_list, JPEG_QFS)
+
+    ours(), bare()  # warm-up (codec tables, imports)
+    t_ours, r_ours = _best_of(ours, repeat)
+    t_bare, r_bare = _best_of(bare, repeat)
+    same = all(np.array_equal(a, b) for a, b in zip(r_ours, r_bare))
+    ratio = t_bare / t_ours
+    n = len(items) * len(JPEG_QFS)
+    print(f"\n[1] corruption throughput: {len(items)} images x QF {JPEG_QFS} = {n} encode+decode")
+    print(f"    {'ours (corruptions.apply)':<30}{_ms(t_ours)}")
+    print(f"    {'bare Pillow loop':<30}{_ms(t_bare)}")
+    print(f"    ratio bare/ours = {ratio:.2f}x   (goal >= {GOAL_CODEC}x: {_verdict(ratio, GOAL_CODEC)});"
+          f" identical pixels: {'yes' if same else 'NO'}")
+
+
+# ---- 2. corruption cache ---------------------------------------------------------------------------------------
+def bench_cache(records, repeat: int) -> None:
+    from datamodules.corruptions import Corruption, CorruptionCache
+
+    items = [(r.pixels, r.digest) for r in records]
+    corruptions = [Corruption("jpeg", (q,)) for q in CACHE_QFS]
+
+    def one_pass(cache):
+        return [cache.get(p, d, c) for p, d in items for c in corruptions]
+
+    t_cold, t_warm = math.inf, math.inf
+    cold = warm = None
+    for _ in range(max(1, repeat)):  # each cold pass gets a fresh, empty cache folder
+        with tempfile.TemporaryDirectory(prefix="carbench-bench-") as tmp:
+            cache = CorruptionCache(root=tmp)
+            t0 = time.perf_counter()
+            cold = one_pass(cache)
+            t_cold = min(t_cold, time.perf_counter() - t0)
+            t, warm = _best_of(lambda: one_pass(cache), repeat)
+            t_warm = min(t_warm, t)
+    same = all(np.array_equal(a[0], b[0]) and a[1] == b[1] for a, b in zip(cold, warm))
+    speedup = t_cold / t_warm
+    print(f"\n[2] corruption cache: {len(items)} images x QF {CACHE_QFS} = {len(items) * len(corruptions)} entries")
+    print(f"    {'cold (first run, empty dir)':<30}{_ms(t_cold)}")
+    print(f"    {'warm (re-run, same cache)':<30}{_ms(t_warm)}")
+    print(f"    speed-up cold/warm = {speedup:.1f}x   (goal >= {GOAL_CACHE:.0f}x: {_verdict(speedup, GOAL_CACHE)});"
+          f" identical results: {'yes' if same else 'NO'}")
+
+
+# ---- 3. metrics vs references ----------------------------------------------------------------------------------
+def make_pairs(records, n: int, crop: int = CROP, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n same-size (preds, target) uint8 pairs (n, crop, crop, 3): random crops of the colour samples (cycled) and
+    their JPEG QF10 (4:2:0) versions."""
+    from datamodules.corruptions import Corruption, apply
+
+    colour = [r.pixels for r in records if r.pixels.ndim == 3 and min(r.pixels.shape[:2]) >= crop]
+    if not colour:
+        raise RuntimeError(f"no colour sample image of at least {crop}x{crop}")
+    rng = np.random.default_rng(seed)
+    targets, preds = [], []
+    for i in range(n):
+        img = colour[i % len(colour)]
+        y = int(rng.integers(0, img.shape[0] - crop + 1))
+        x = int(rng.integers(0, img.shape[1] - crop + 1))
+        t = np.ascontiguousarray(img[y:y + crop, x:x + crop])
+        targets.append(t)
+        preds.append(apply(t, Corruption("jpeg", (METRIC_QF,)))[0])
+    return np.stack(preds), np.stack(targets)
+
+
+def _y_matlab(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.float64)
+    return np.round(16.0 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255.0)
+
+
+def psnrb_numpy(pred: np.ndarray, target: np.ndarray, block: int = 8) -> float:
+    """Plain-numpy PSNR-B of one HxWx3 uint8 image: MSE over RGB, BEF on the rounded MATLAB-Y of `pred`."""
+    p, t = pred.astype(np.float64), target.astype(np.float64)
+    mse = float(np.mean((p - t) ** 2))
+    y = _y_matlab(pred) if pred.ndim == 3 else p
+    h, w = y.shape
+    dh = (y[:, :-1] - y[:, 1:]) ** 2
+    dv = (y[:-1, :] - y[1:, :]) ** 2
+    cols, rows = np.arange(block - 1, w - 1, block), np.arange(block - 1, h - 1, block)
+    b_sum = dh[:, cols].sum() + dv[rows, :].sum()
+    bc_sum = dh.sum() + dv.sum() - b_sum
+    n_hb, n_vb = h * (w / block - 1), w * (h / block - 1)
+    n_hbc, n_vbc = h * (w - 1) - n_hb, w * (h - 1) - n_vb
+    d_b, d_bc = b_sum / (n_hb + n_vb), bc_sum / (n_hbc + n_vbc)
+    eta = math.log2(block) / math.log2(min(h, w))
+    bef = eta * (d_b - d_bc) if d_b > d_bc else 0.0
+    return 10.0 * math.log10(255.0**2 / (mse + bef))
+
+
+def _load_pyiqa():
+    """{'psnr': metric, 'ssim': metric} or an error string (e.g. offline without weights, not installed)."""
+    try:
+        import pyiqa
+
+        return {name: pyiqa.create_metric(name, test_y_channel=False, as_loss=False, device="cpu")
+                for name in ("psnr", "ssim")}
+    except Exception as e:  # noqa: BLE001 - any failure just drops the column
+        return f"{type(e).__name__}: {e}"
+
+
+def bench_metrics(records, n: int, repeat: int) -> None:
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from benchmark import metrics
+
+    preds_np, target_np = make_pairs(records, n)
+    # each implementation gets its natural input, prepared outside the timing
+    preds_t = torch.from_numpy(preds_np).permute(0, 3, 1, 2).contiguous()  # uint8 (N, 3, H, W)
+    target_t = torch.from_numpy(target_np).permute(0, 3, 1, 2).contiguous()
+    preds_f, target_f = preds_t.float() / 255.0, target_t.float() / 255.0  # pyiqa: float in [0, 1]
+
+    pyiqa_metrics = _load_pyiqa()
+
+    def sk_psnr():
+        return np.array([peak_signal_noise_ratio(t, p, data_range=255) for p, t in zip(preds_np, target_np)])
+
+    def sk_ssim():
+        return np.array([structural_similarity(t, p, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                               use_sample_covariance=False, data_range=255)
+                         for p, t in zip(preds_np, target_np)])
+
+    def np_psnrb():
+        return np.array([psnrb_numpy(p, t) for p, t in zip(preds_np, target_np)])
+
+    def pyiqa_fn(name):
+        def fn():
+            with torch.no_grad():
+                return pyiqa_metrics[name](preds_f, target_f).flatten().double().numpy()
+        return fn
+
+    refs = {
+        "psnr": [("scikit-image", sk_psnr)],
+        "ssim": [("scikit-image", sk_ssim)],
+        "psnrb": [("numpy loop", np_psnrb)],
+    }
+    if isinstance(pyiqa_metrics, dict):
+        refs["psnr"].append(("pyiqa", pyiqa_fn("psnr")))
+        refs["ssim"].append(("pyiqa", pyiqa_fn("ssim")))
+
+    print(f"\n[3] metrics on a batch of {n} {CROP}x{CROP} RGB pairs (JPEG QF{METRIC_QF} vs clean), per-image values")
+    if not isinstance(pyiqa_metrics, dict):
+        print(f"    pyiqa skipped: {pyiqa_metrics}")
+    print(f"    {'metric':<7}{'reference':<14}{'ours':>12}{'reference':>12}{'ref/ours':>10}"
+          f"{'|d mean|':>11}{'max |d|':>10}  goal >= {GOAL_METRIC:.0f}x")
+    for name, fn in metrics.FUNCTIONAL.items():
+        def ours(fn=fn):
+            with torch.no_grad():
+                return fn(preds_t, target_t, channels="rgb").numpy()
+
+        ours()  # warm-up (window cache, first-call allocations)
+        t_ours, v_ours = _best_of(ours, repeat)
+        for ref_name, ref_fn in refs[name]:
+            if repeat < 2:  # with >= 2 repeats best-of already discards the cold first call
+                ref_fn()
+            t_ref, v_ref = _best_of(ref_fn, repeat)
+            ratio = t_ref / t_ours
+            d_mean = abs(float(np.mean(v_ours)) - float(np.mean(v_ref)))
+            d_max = float(np.max(np.abs(np.asarray(v_ours, dtype=np.float64) - v_ref)))
+            print(f"    {name:<7}{ref_name:<14}{_ms(t_ours):>12}{_ms(t_ref):>12}{ratio:>9.1f}x"
+                  f"{d_mean:>11.2e}{d_max:>10.2e}  {_verdict(ratio, GOAL_METRIC)}")
+        print(f"    {'':<7}{'(mean ours)':<14}{float(np.mean(v_ours)):>12.4f}")
+
+
+# ---- entry point -----------------------------------------------------------------------------------------------
+def main(args) -> int:
+    import torch
+
+    from datamodules.corruptions import codec_versions
+    from datamodules.sources import load_samples
+
+    n_images = max(1, int(getattr(args, "images", 6)))
+    repeat = max(1, int(getattr(args, "repeat", 3)))
+    t0 = time.perf_counter()
+    samples = load_samples()
+    records = samples[:min(n_images, len(samples))]  # distinct images only: repeats would hit the cache when cold
+    v = codec_versions()
+    jpeg = f"libjpeg-turbo {v['libjpeg_turbo']}" if v.get("libjpeg_turbo") else f"libjpeg {v['libjpeg']}"
+    print(f"carbench bench: torch {torch.__version__} ({torch.get_num_threads()} threads), Pillow {v['pillow']} "
+          f"({jpeg}, libjpeg API {v['libjpeg']}); best of {repeat}")
+    print(f"images: {', '.join(r.name for r in records)} (benches 1-2); {n_images} crops (bench 3)")
+
+    bench_corruption(records, repeat)
+    bench_cache(records, repeat)
+    bench_metrics(samples, n_images, repeat)
+    print(f"\ntotal {time.perf_counter() - t0:.1f} s")
+    return 0

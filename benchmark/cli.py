@@ -1,0 +1,158 @@
+"""`benchmark` command line: run, list, train, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from datamodules.corruptions import AFD_QF_SET, Corruption, CorruptionError, parse_qf
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int, subsampling: str) -> list[Corruption]:
+    """`--qf 10,20,30>10` -> single passes and Q1>Q2 chains; `--passes 1,3 [--qf set]` -> passes drawn from the set
+    (default the AFD set 25/18/15/10/7), seeded."""
+    if passes:
+        try:
+            counts = [int(p) for p in _csv(passes)]
+        except ValueError:
+            raise CorruptionError(f"--passes {passes!r}: expected integers 1..5") from None
+        qset = tuple(parse_qf(q) for q in _csv(qf)) if qf else AFD_QF_SET
+        return [Corruption(codec, qset, passes=n, draw=True, seed=seed, subsampling=subsampling) for n in counts]
+    items = _csv(qf or "10,20,30,40")
+    return [Corruption(codec, tuple(parse_qf(q) for q in item.split(">")), subsampling=subsampling, seed=seed)
+            for item in items]
+
+
+def cmd_run(args) -> int:
+    from lightning_modules.registry import MethodError, resolve_preset
+
+    try:
+        corruptions = parse_corruptions(args.qf, args.codec, args.passes, args.seed, args.subsampling)
+    except CorruptionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    methods = _csv(args.method)
+    try:  # fail fast on names, before any image is read
+        for m in methods:
+            resolve_preset(m, None if "." in m else args.preset)
+    except MethodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from . import leaderboard
+    from .runner import FidelityRequest, format_table, run_fidelity
+
+    req = FidelityRequest(methods=methods, corruptions=corruptions, datasets=_csv(args.dataset),
+                          channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
+                          cache_dir=args.cache_dir, use_cache=not args.no_cache, accelerator=args.accelerator,
+                          devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet)
+    t0 = time.time()
+    rows, failures = run_fidelity(req)
+    print(format_table(rows))
+    if rows and not args.dry_run:
+        path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
+        print(f"\n{len(rows)} rows -> {path}")
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        n = max(r["n_skipped"] for r in rows if r["dataset"] == dataset)
+        if n:
+            print(f"note: {n} unreadable image(s) skipped in {dataset} (see the warnings above)")
+    for f in failures:
+        print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
+    print(f"done in {time.time() - t0:.1f} s")
+    return EXIT_FAILED if failures else 0
+
+
+def cmd_list(args) -> int:
+    from datamodules.sources import NAMED_DATASETS
+    from lightning_modules import available
+    from lightning_modules.registry import get_entry
+
+    print("methods (method.preset):")
+    for name in available(args.pattern):
+        entry = get_entry(name.split(".")[0])
+        preset = entry.presets[name.split(".", 1)[1]]
+        default = " (default)" if name.split(".", 1)[1] == entry.default_preset else ""
+        print(f"  {name:<22}{default:<11}{preset.description or entry.description}")
+    print("datasets: samples (embedded), " + ", ".join(f"{k} ({v}/)" for k, v in NAMED_DATASETS.items())
+          + ", any folder path; suffix ':y' for the MATLAB-Y gray protocol")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="benchmark", description="carbench: compression-artifact reduction benchmark")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="evaluate methods and upsert leaderboard rows")
+    r.add_argument("--method", default="dncnn", help="comma list of method or method.preset names")
+    r.add_argument("--qf", default=None, help="quality factors: 10,20 or chains 30>10 (double compression); with "
+                                             "--passes, the set each pass draws from")
+    r.add_argument("--dataset", default="samples", help="comma list: samples, live1, live1-gray, classic5, bsds500, "
+                                                       "cbsd68, bsd68, a folder; ':y' suffix = MATLAB-Y gray protocol")
+    r.add_argument("--data-root", default=None, help="folder holding the named datasets (default $CARBENCH_DATA)")
+    r.add_argument("--codec", default="jpeg", choices=["jpeg", "avif"])
+    r.add_argument("--passes", default=None, help="multi-pass: comma list of pass counts 1..5, QFs drawn per pass")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--subsampling", default="420", choices=["420", "444"], help="chroma subsampling of colour images")
+    r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")
+    r.add_argument("--preset", default=None)
+    r.add_argument("--weights", default=None, help="weights file for the (non-reference) methods")
+    r.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
+    r.add_argument("--cache-dir", default=None)
+    r.add_argument("--no-cache", action="store_true")
+    r.add_argument("--no-reference", action="store_true", help="do not add the `jpeg` reference rows")
+    r.add_argument("--accelerator", default="auto")
+    r.add_argument("--devices", default=1, type=lambda s: int(s) if s.isdigit() else s)
+    r.add_argument("--dry-run", action="store_true", help="print, write nothing")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list methods and datasets")
+    ls.add_argument("pattern", nargs="?", default="*")
+    ls.set_defaults(func=cmd_list)
+
+    t = sub.add_parser("train", help="train a method preset and save its checkpoint")
+    t.add_argument("--method", default="dncnn")
+    t.add_argument("--preset", default=None)
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--crop", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-dir", default=None, help="training images (default ../shared/data/train/BSDS500_train)")
+    t.add_argument("--out", default=None, help="checkpoint path (default: the preset's shipped checkpoint)")
+    t.add_argument("--accelerator", default="auto")
+    t.set_defaults(func=cmd_train)
+
+    b = sub.add_parser("bench", help="throughput benchmarks (prints ratios measured in one run)")
+    b.add_argument("--images", type=int, default=6)
+    b.add_argument("--repeat", type=int, default=3)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Leaderboard CSVs: a fixed schema per board, upserts that are atomic (write-then-rename) and serialized with a
+file lock, so concurrent runs never lose rows and an interrupted write never leaves a half file."""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+from filelock import FileLock
+
+FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passes", "subsampling", "seed", "source"]
+FIDELITY_COLUMNS = FIDELITY_KEY[:-1] + [
+    "n_images", "n_skipped", "psnr", "ssim", "psnrb", "bpp", "source", "weights", "codec_lib",
+    "carbench_version", "git_commit", "created_at"]
+LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
+
+
+def default_path(board: str = "fidelity") -> Path:
+    return LEADERBOARD_DIR / f"{board}.csv"
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def carbench_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("carbench")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def read(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_KEY,
+           columns: list[str] = FIDELITY_COLUMNS) -> Path:
+    """Insert rows, replacing any existing row with the same key. Atomic and locked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = pd.DataFrame([{c: _fmt(r.get(c, "")) for c in columns} for r in rows], columns=columns, dtype=str)
+    with FileLock(str(path) + ".lock", timeout=120):
+        old = read(path)
+        if not old.empty:
+            for c in columns:  # an older file may lack newer columns
+                if c not in old.columns:
+                    old[c] = ""
+            extra = [c for c in old.columns if c not in columns]
+            new_keys = set(map(tuple, new[key].values.tolist()))
+            keep = [tuple(k) not in new_keys for k in old[key].values.tolist()]
+            merged = pd.concat([old.loc[keep, columns + extra], new], ignore_index=True).fillna("")
+        else:
+            merged = new
+        merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        merged.to_csv(tmp, index=False, lineterminator="\n")
+        os.replace(tmp, path)
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if v == v and abs(v) != float("inf") else str(v)
+    return "" if v is None else str(v)

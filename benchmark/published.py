@@ -1,0 +1,51 @@
+"""The papers' published numbers (../shared/published), for `paper` reference columns and protocol checks."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import pandas as pd
+
+# carbench dataset name -> (published dataset, channels) whose JPEG protocol it reproduces
+PUBLISHED_DATASET = {
+    ("live1", "rgb"): ("live1", "rgb"),
+    ("live1-gray", "rgb"): ("live1", "y"),
+    ("live1-gray", "y"): ("live1", "y"),
+    ("classic5", "rgb"): ("classic5", "y"),
+    ("classic5", "y"): ("classic5", "y"),
+    ("bsds500", "rgb"): ("bsds500", "rgb"),
+    ("bsds500:y", "rgb"): ("bsds500", "y"),
+    ("bsds500:y", "y"): ("bsds500", "y"),
+}
+# The tables whose JPEG rows carbench reproduces exactly: jarcal's (FBCNN's evaluation) and dagn Table I LIVE1.
+# dagn's `bsd500` is a different image set/encoder (its JPEG row differs from jarcal's bsds500), so it is not mapped.
+REFERENCE_TABLES = {("jarcal", "1"), ("jarcal", "3"), ("jarcal", "4"), ("dagn", "I")}
+
+
+def published_dir() -> Path | None:
+    if os.environ.get("CARBENCH_PUBLISHED"):
+        return Path(os.environ["CARBENCH_PUBLISHED"])
+    guess = Path(__file__).resolve().parents[2] / "shared" / "published"
+    return guess if guess.is_dir() else None
+
+
+@functools.lru_cache(maxsize=4)
+def load(name: str = "fidelity") -> pd.DataFrame:
+    d = published_dir()
+    if d is None or not (d / f"{name}.csv").is_file():
+        return pd.DataFrame()
+    return pd.read_csv(d / f"{name}.csv", dtype=str, keep_default_na=False)
+
+
+def fidelity_value(method: str, dataset: str, channels: str, codec: str, qf: str, metric: str) -> float | None:
+    """The published value for a measured row, when the papers agree on one; else None."""
+    df = load("fidelity")
+    target = PUBLISHED_DATASET.get((dataset, channels))
+    if df.empty or target is None:
+        return None
+    sel = df[(df.method == method) & (df.dataset == target[0]) & (df.channels == target[1]) & (df.codec == codec)
+             & (df.qf == str(qf)) & (df.metric == metric)]
+    sel = sel[[(p, t) in REFERENCE_TABLES for p, t in zip(sel.paper, sel.table)]]
+    values = {float(v) for v in sel.value}
+    return values.pop() if len(values) == 1 else None

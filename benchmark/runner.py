@@ -1,0 +1,134 @@
+"""Expand a request (methods x datasets x corruptions) into jobs, run each through Lightning, collect rows.
+
+One job = one (method, dataset): a single `Trainer.test` over one dataloader per corruption. A failing job (bad
+weights, NaN output, missing data) is reported with its culprit and the other jobs go on; every finished job's rows
+are written.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import lightning as L
+
+from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
+from datamodules.fidelity import EvalDataModule
+from lightning_modules import create
+
+from . import leaderboard, published
+from .evaluate import FidelityEvaluator
+
+REFERENCE_METHOD = "jpeg"
+
+
+@dataclass
+class FidelityRequest:
+    methods: list[str]
+    corruptions: list[Corruption]
+    datasets: list[str] = field(default_factory=lambda: ["samples"])
+    channels: str = "rgb"
+    data_root: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    add_reference: bool = True
+    progress: bool = True
+
+
+@dataclass
+class JobFailure:
+    method: str
+    dataset: str
+    error: str
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's per-Trainer banner lines (GPU available..., tips) out of a long run's output."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
+                 "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def progress_bar(enabled: bool = True) -> list:
+    """tqdm bars: they also update in CI logs, where rich's only draw at the end."""
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    return [TQDMProgressBar(refresh_rate=1)] if enabled else []
+
+
+def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
+    quiet_lightning()
+    methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
+    cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
+    versions = codec_versions()
+    rows, failures = [], []
+    for dataset in req.datasets:
+        dm = EvalDataModule(dataset, req.corruptions, req.data_root, cache)
+        try:
+            dm.setup()
+        except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other datasets go on
+            failures.append(JobFailure("*", dataset, str(e)))
+            continue
+        for method in methods:
+            t0 = time.time()
+            try:
+                is_ref = method == REFERENCE_METHOD
+                restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
+                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels)
+                trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
+                                    logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                    enable_progress_bar=req.progress, callbacks=progress_bar(req.progress))
+                trainer.test(evaluator, datamodule=dm, verbose=False)
+            except Exception as e:  # noqa: BLE001
+                failures.append(JobFailure(method, dataset, f"{type(e).__name__}: {e}"))
+                continue
+            if trainer.global_rank != 0:
+                continue
+            seconds = time.time() - t0
+            for c, res in zip(req.corruptions, evaluator.results):
+                rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
+    return rows, failures
+
+
+def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModule, versions, seconds) -> dict:
+    lib = versions["libjpeg_turbo"] and f"libjpeg-turbo {versions['libjpeg_turbo']}" or f"libjpeg {versions['libjpeg']}"
+    if c.codec == "avif":
+        lib = f"libavif {versions['libavif']}"
+    return {
+        "method": restorer.method_name, "preset": restorer.preset_name, "dataset": dataset, "channels": channels,
+        "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
+        "n_images": res["n_images"], "n_skipped": len(dm.report.skipped), "psnr": res["psnr"], "ssim": res["ssim"],
+        "psnrb": res["psnrb"], "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
+        "codec_lib": f"{lib}; pillow {versions['pillow']}", "carbench_version": leaderboard.carbench_version(),
+        "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text results table with the JPEG reference delta and the paper's value where one exists."""
+    if not rows:
+        return "(no results)"
+    ref = {(r["dataset"], r["qf"], r["codec"], r["passes"]): r for r in rows if r["method"] == REFERENCE_METHOD}
+    header = ["method", "preset", "dataset", "ch", "codec", "qf", "pass", "n", "PSNR", "SSIM", "PSNR-B", "dPSNR",
+              "bpp", "paper PSNR/SSIM/PSNR-B"]
+    lines = []
+    for r in rows:
+        base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"]))
+        delta = f"{r['psnr'] - base['psnr']:+.2f}" if base is not None and base is not r else ""
+        paper = [published.fidelity_value(r["method"], r["dataset"], r["channels"], r["codec"], r["qf"], m)
+                 for m in ("psnr", "ssim", "psnrb")]
+        paper_s = "/".join("-" if v is None else f"{v:g}" for v in paper) if any(v is not None for v in paper) else ""
+        lines.append([r["method"], r["preset"], r["dataset"], r["channels"], r["codec"], r["qf"], str(r["passes"]),
+                      str(r["n_images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnrb']:.2f}", delta,
+                      f"{r['bpp']:.3f}", paper_s])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])

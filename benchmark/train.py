@@ -1,0 +1,57 @@
+"""`benchmark train`: train a method's preset from scratch with Lightning and save a compact checkpoint."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from datamodules.fidelity import TrainDataModule
+from lightning_modules import create
+from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset
+
+from .runner import progress_bar, quiet_lightning
+
+# per-method training defaults (one table, pyiqa-style); CLI flags override
+TRAIN_DEFAULTS = {
+    "dncnn": dict(steps=2500, batch_size=16, crop=48, lr=1e-3, qf_range=(5, 50), loss="l1"),
+}
+
+
+def train(method: str, preset: str | None = None, steps: int | None = None, batch_size: int | None = None,
+          crop: int | None = None, lr: float | None = None, seed: int = 0, train_dir: str | None = None,
+          out: str | None = None, accelerator: str = "auto", devices="auto", num_workers: int = 1) -> Path:
+    entry, preset_name, p = resolve_preset(method, preset)
+    cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
+    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr).items():
+        if v is not None:
+            cfg[k] = v
+    quiet_lightning()
+    L.seed_everything(seed, workers=True)
+    module = create(entry.name, preset_name, pretrained=False)
+    module.lr, module.loss_name = cfg["lr"], cfg["loss"]
+    module.lr_milestones = (int(cfg["steps"] * 0.6), int(cfg["steps"] * 0.9))
+    color = (getattr(module.net, "in_channels", 3) or 3) == 3
+    dm = TrainDataModule(train_dir, cfg["qf_range"], cfg["crop"], cfg["batch_size"], cfg["steps"], seed,
+                         num_workers=num_workers, color=color)
+    trainer = L.Trainer(max_steps=cfg["steps"], accelerator=accelerator, devices=devices, logger=False,
+                        enable_checkpointing=False, val_check_interval=max(cfg["steps"] // 4, 1),
+                        check_val_every_n_epoch=None, deterministic=True, log_every_n_steps=50,
+                        callbacks=progress_bar(), enable_model_summary=False)
+    t0 = time.time()
+    trainer.fit(module, dm)
+    out_path = Path(out) if out else CHECKPOINT_DIR / (p.weights or f"{entry.name}_{preset_name}.pt")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    val = trainer.callback_metrics.get("val_psnr")
+    meta = {"method": entry.name, "preset": preset_name, "seed": seed, "train_data": dm.source_name,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1),
+            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
+            "torch": torch.__version__}
+    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
+    torch.save({"state_dict": state, "carbench": meta}, out_path)
+    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation PSNR {meta['val_psnr']}")
+    return out_path

@@ -1,0 +1,134 @@
+"""LightningDataModules: full images for evaluation, seeded random crops for training."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .corruptions import Corruption, CorruptionCache, apply
+from .sources import (SAMPLE_TRAIN_IMAGES, DatasetError, ImageRecord, LoadReport, load_folder, load_samples,
+                      resolve_dataset)
+
+
+def to_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 HxW / HxWx3 -> uint8 CxHxW."""
+    t = torch.from_numpy(np.array(pixels, copy=True))
+    return t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+class CorruptedImages(Dataset):
+    """(corrupted uint8 CHW, clean uint8 CHW, meta) for every image under one corruption."""
+
+    def __init__(self, records: list[ImageRecord], corruption: Corruption, cache: CorruptionCache | None = None):
+        self.records, self.corruption = records, corruption
+        self.cache = cache or CorruptionCache()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        r = self.records[i]
+        out, nbytes = self.cache.get(r.pixels, r.digest, self.corruption)
+        h, w = r.pixels.shape[:2]
+        meta = {"index": i, "name": r.name, "height": h, "width": w, "key": self.corruption.key,
+                "bpp": 8.0 * nbytes / (h * w)}
+        return to_tensor(out), to_tensor(r.pixels), meta
+
+
+class EvalDataModule(L.LightningDataModule):
+    """One test dataloader per corruption over one dataset (full images, batch size 1: sizes differ)."""
+
+    def __init__(self, dataset: str, corruptions: list[Corruption], data_root: str | None = None,
+                 cache: CorruptionCache | None = None, num_workers: int = 0):
+        super().__init__()
+        self.dataset, self.corruptions, self.data_root = dataset, list(corruptions), data_root
+        self.cache, self.num_workers = cache or CorruptionCache(), num_workers
+        self.report = LoadReport()
+        self.records: list[ImageRecord] | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.records is None:
+            self.records = resolve_dataset(self.dataset, self.data_root, self.report)
+
+    def test_dataloader(self):
+        self.setup()
+        return [DataLoader(CorruptedImages(self.records, c, self.cache), batch_size=1, shuffle=False,
+                           num_workers=self.num_workers) for c in self.corruptions]
+
+
+class RandomCrops(Dataset):
+    """Seeded training pairs: crop (aligned to the 16-pixel 4:2:0 MCU grid), then compress at a random QF.
+
+    Item i is a pure function of (seed, i): same seed -> same crops, QFs and bytes, whatever the worker count.
+    """
+
+    def __init__(self, records: list[ImageRecord], qf_range=(5, 50), crop: int = 64, length: int = 16000,
+                 seed: int = 0, subsampling: str = "420"):
+        self.records = [r for r in records if min(r.pixels.shape[:2]) >= crop]
+        if not self.records:
+            raise DatasetError(f"no training image is at least {crop}x{crop}")
+        self.qf_range, self.crop, self.length, self.seed, self.subsampling = qf_range, crop, length, seed, subsampling
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, i])
+        r = self.records[rng.integers(len(self.records))]
+        h, w = r.pixels.shape[:2]
+        y = 16 * rng.integers((h - self.crop) // 16 + 1)
+        x = 16 * rng.integers((w - self.crop) // 16 + 1)
+        clean = r.pixels[y:y + self.crop, x:x + self.crop]
+        k = rng.integers(4)  # flips/rotations
+        clean = np.ascontiguousarray(np.rot90(clean, k) if k else clean)
+        if clean.ndim == 3 and rng.random() < 0.5:
+            clean = np.ascontiguousarray(clean[:, ::-1])
+        qf = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
+        corrupted, _ = apply(clean, Corruption("jpeg", (qf,), subsampling=self.subsampling))
+        return to_tensor(corrupted).float() / 255, to_tensor(clean).float() / 255
+
+
+def default_train_folder() -> Path | None:
+    if os.environ.get("CARBENCH_TRAIN"):
+        return Path(os.environ["CARBENCH_TRAIN"])
+    guess = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "BSDS500_train"
+    return guess if guess.is_dir() else None
+
+
+def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[ImageRecord], str]:
+    """Training images: a folder (default ../shared/data/train/BSDS500_train), else scikit-image's shipped photos
+    that are *not* in the evaluation `samples` set."""
+    folder = Path(train_dir) if train_dir else default_train_folder()
+    if folder is not None:
+        records, name = load_folder(folder), str(folder)
+    else:
+        records, name = load_samples(SAMPLE_TRAIN_IMAGES), "skimage-train"
+    if color:
+        records = [r for r in records if not r.is_gray] or records
+    return records, name
+
+
+class TrainDataModule(L.LightningDataModule):
+    def __init__(self, train_dir: str | None = None, qf_range=(5, 50), crop: int = 64, batch_size: int = 16,
+                 steps: int = 1000, seed: int = 0, num_workers: int = 1, val_images: int = 8, color: bool = True):
+        super().__init__()
+        self.train_dir, self.qf_range, self.crop, self.batch_size = train_dir, qf_range, crop, batch_size
+        self.steps, self.seed, self.num_workers, self.val_images, self.color = steps, seed, num_workers, val_images, color
+
+    def setup(self, stage: str | None = None) -> None:
+        records, self.source_name = load_train_records(self.train_dir, self.color)
+        # hold out the last images for validation: never the test sets
+        val, train = records[-self.val_images:], records[:-self.val_images] or records
+        self.train_set = RandomCrops(train, self.qf_range, self.crop, self.steps * self.batch_size, self.seed)
+        self.val_set = RandomCrops(val, self.qf_range, self.crop * 2, 64, self.seed + 1)
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=16, num_workers=0)

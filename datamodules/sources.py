@@ -1,0 +1,206 @@
+"""Where clean images come from: folders, the field's named test sets, and the embedded `samples`.
+
+Every image enters as an 8-bit uint8 array, HxW (gray) or HxWx3 (RGB). Modes that convert losslessly are
+converted with a warning; everything else is refused with an error naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"}
+MIN_SIDE = 8  # one JPEG block
+
+# name -> folder under the data root (the layout of ../shared/data/test)
+NAMED_DATASETS = {
+    "live1": "LIVE1_color",
+    "live1-gray": "LIVE1_gray",
+    "classic5": "Classic5",
+    "bsds500": "BSDS500_test",
+    "cbsd68": "CBSD68",
+    "bsd68": "BSD68",
+}
+# Natural photos scikit-image ships in its wheel: the embedded default needs no data root.
+SAMPLE_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins")
+# Other shipped scikit-image images, disjoint from SAMPLE_IMAGES: the offline training fallback.
+SAMPLE_TRAIN_IMAGES = ("immunohistochemistry", "hubble_deep_field", "retina", "brick", "grass", "gravel", "cell", "clock")
+DATA_ENV = "CARBENCH_DATA"
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; the message names the file."""
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be resolved; the message says what to provide."""
+
+
+@dataclass
+class ImageRecord:
+    name: str
+    pixels: np.ndarray  # uint8 HxW or HxWx3
+    source: str = ""  # path or "skimage:<name>"
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.ndim == 2
+
+    @property
+    def digest(self) -> str:
+        """Content hash of the pixels (shape included): the cache key of everything derived from them."""
+        if self._digest is None:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str(self.pixels.shape).encode())
+            h.update(np.ascontiguousarray(self.pixels).data)
+            self._digest = h.hexdigest()
+        return self._digest
+
+
+def to_uint8_image(img: Image.Image, culprit: str) -> np.ndarray:
+    """Pillow image -> uint8 array, converting only where no information is lost."""
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        arr = np.asarray(img)
+    elif mode == "1":
+        arr = np.asarray(img.convert("L"))
+    elif mode == "P":
+        if "transparency" in img.info:
+            rgba = np.asarray(img.convert("RGBA"))
+            if (rgba[..., 3] != 255).any():
+                raise ImageError(f"{culprit}: palette image with transparency is not supported (alpha would be lost)")
+        warnings.warn(f"{culprit}: palette image converted to RGB (lossless)", stacklevel=3)
+        arr = np.asarray(img.convert("RGB"))
+    elif mode in ("LA", "RGBA", "PA"):
+        arr = np.asarray(img.convert("RGBA" if mode != "LA" else "LA"))
+        if (arr[..., -1] != 255).any():
+            raise ImageError(f"{culprit}: mode {mode} has a non-opaque alpha channel; flatten it yourself first")
+        warnings.warn(f"{culprit}: opaque alpha channel dropped (lossless)", stacklevel=3)
+        arr = arr[..., 0] if mode == "LA" else arr[..., :3]
+    elif mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        raise ImageError(f"{culprit}: mode {mode} is not 8-bit; convert it to 8-bit gray or RGB first")
+    else:  # CMYK, YCbCr, LAB, HSV: conversion is lossy or profile-dependent
+        raise ImageError(f"{culprit}: mode {mode} is not supported; convert it to 8-bit gray or RGB first")
+    return check_pixels(np.ascontiguousarray(arr), culprit)
+
+
+def check_pixels(arr: np.ndarray, culprit: str) -> np.ndarray:
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{culprit}: dtype {arr.dtype} is not uint8")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ImageError(f"{culprit}: shape {arr.shape} is neither HxW gray nor HxWx3 RGB")
+    if min(arr.shape[:2]) < MIN_SIDE:
+        raise ImageError(f"{culprit}: size {arr.shape[1]}x{arr.shape[0]} is smaller than one {MIN_SIDE}x{MIN_SIDE} JPEG block")
+    return arr
+
+
+def read_image(path: str | os.PathLike) -> ImageRecord:
+    """Decode one file fully (truncation is detected here, not later)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            arr = to_uint8_image(img, str(path))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
+    return ImageRecord(name=path.stem, pixels=arr, source=str(path))
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DatasetError(f"image folder {folder} holds no {'/'.join(sorted(IMAGE_SUFFIXES))} files")
+    return files
+
+
+@dataclass
+class LoadReport:
+    """What a dataset load skipped, so a run can count it in its output."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
+
+
+def load_folder(folder: str | os.PathLike, report: LoadReport | None = None) -> list[ImageRecord]:
+    """All usable images of a folder; a bad file is skipped with a warning and recorded in `report`."""
+    records = []
+    for path in list_image_files(folder):
+        try:
+            records.append(read_image(path))
+        except ImageError as e:
+            warnings.warn(f"skipped: {e}", stacklevel=2)
+            if report is not None:
+                report.skipped.append((str(path), str(e)))
+    if not records:
+        raise DatasetError(f"no usable image in {folder}")
+    return records
+
+
+def load_samples(names=SAMPLE_IMAGES) -> list[ImageRecord]:
+    import skimage.data
+
+    out = []
+    for name in names:
+        arr = getattr(skimage.data, name)()
+        out.append(ImageRecord(name=name, pixels=check_pixels(np.ascontiguousarray(arr), f"skimage.data.{name}"),
+                               source=f"skimage:{name}"))
+    return out
+
+
+def default_data_root() -> Path | None:
+    """$CARBENCH_DATA, else ../shared/data/test beside a checkout, else None."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    guess = Path(__file__).resolve().parents[2] / "shared" / "data" / "test"
+    return guess if guess.is_dir() else None
+
+
+def to_y(pixels: np.ndarray) -> np.ndarray:
+    """MATLAB rgb2ycbcr luma of a uint8 RGB image, rounded to uint8 (16..235), as the field's gray tables use."""
+    from benchmark.metrics import rgb_to_y  # one definition of the conversion
+
+    import torch
+
+    y = rgb_to_y(torch.from_numpy(pixels.astype(np.float64)).permute(2, 0, 1))
+    return y.round().clamp(0, 255).to(torch.uint8)[0].numpy()
+
+
+def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
+                    report: LoadReport | None = None) -> list[ImageRecord]:
+    """`samples`, a named set (under the data root), or a folder path.
+
+    A `:y` suffix (`bsds500:y`) evaluates the MATLAB-Y (gray) version of a colour set, the field's gray protocol.
+    """
+    base, _, variant = name.partition(":")
+    if variant not in ("", "y"):
+        raise DatasetError(f"dataset {name!r}: unknown variant {variant!r} (only ':y')")
+    if base == "samples":
+        records = load_samples()
+    elif base in NAMED_DATASETS:
+        root = Path(data_root) if data_root else default_data_root()
+        if root is None:
+            raise DatasetError(f"dataset {base!r} needs a data root: pass --data-root DIR or set ${DATA_ENV} to the "
+                               f"folder that holds {NAMED_DATASETS[base]}/")
+        folder = root / NAMED_DATASETS[base]
+        if not folder.is_dir():
+            raise DatasetError(f"dataset {base!r}: expected the folder {folder} (data root {root})")
+        records = load_folder(folder, report)
+    elif Path(base).is_dir():
+        records = load_folder(base, report)
+    else:
+        known = ", ".join(["samples", *NAMED_DATASETS])
+        raise DatasetError(f"unknown dataset {base!r}: use one of {known}, or a folder path")
+    if variant == "y":
+        records = [ImageRecord(r.name, to_y(r.pixels) if not r.is_gray else r.pixels, r.source) for r in records]
+    return records

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The one install script: the README, .ci/run and docker/Dockerfile all run it.
+# Creates ./.venv (or $CARBENCH_VENV) and installs carbench with its dependencies into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${CARBENCH_VENV:-.venv}
+TORCH=2.13.0
+TORCHVISION=0.28.0
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
+  # torchvision on the registry is a CUDA build that imports only against the registry's torch of the same
+  # release (it runs fine on CPU); --isolated bypasses a local CPU-only torch wheel that pip config may point at.
+  "$VENV/bin/pip" install --isolated -q "torch==$TORCH" "torchvision==$TORCHVISION"
+fi
+"$VENV/bin/pip" install -q -e ".[dev]"
+"$VENV/bin/python" -c "import benchmark, datamodules, lightning_modules, torchvision; print('carbench installed in $VENV')"

@@ -1,0 +1,196 @@
+"""timm-style method registry: `register` a builder with its presets, `create("name[.preset]")`, `available("d*")`.
+
+Outside packages add methods through the `carbench.methods` entry-point group: each entry point is a callable
+that is imported and called once (it calls `register`).
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class MethodError(ValueError):
+    """Unknown method/preset or unusable weights; the message names the culprit."""
+
+
+@dataclass
+class Preset:
+    """One row of a method's defaults table: constructor kwargs plus where its weights come from."""
+    kwargs: dict = field(default_factory=dict)
+    weights: str | None = None  # file under lightning_modules/checkpoints/, or an absolute path
+    loader: Callable[[str], dict] | None = None  # foreign format -> state dict
+    description: str = ""
+
+
+@dataclass
+class MethodEntry:
+    name: str
+    build: Callable[..., torch.nn.Module]
+    presets: dict[str, Preset]
+    default_preset: str
+    description: str = ""
+    module_cls: type | None = None  # LightningModule class; RestorerModule when None
+
+
+_REGISTRY: dict[str, MethodEntry] = {}
+_plugins_loaded = False
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def register(name: str, presets: dict[str, Preset], default_preset: str | None = None, description: str = "",
+             module_cls: type | None = None):
+    """Decorator for a network builder `build(**kwargs) -> nn.Module`."""
+    def deco(build):
+        _REGISTRY[name] = MethodEntry(name, build, presets, default_preset or next(iter(presets)), description,
+                                      module_cls)
+        return build
+    return deco
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from . import dncnn, identity  # noqa: F401  (built-in methods register on import)
+
+    for ep in metadata.entry_points(group="carbench.methods"):
+        try:
+            ep.load()()
+        except Exception as e:  # a broken plugin must not take the built-ins down
+            warnings.warn(f"carbench.methods plugin {ep.name!r} failed to load: {e}", stacklevel=2)
+
+
+def get_entry(name: str) -> MethodEntry:
+    _load_plugins()
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def split_name(name: str, preset: str | None = None) -> tuple[str, str | None]:
+    """`dncnn.paper` -> ('dncnn', 'paper'); an explicit preset must agree with the dotted one."""
+    base, _, dotted = name.partition(".")
+    if dotted and preset and dotted != preset:
+        raise MethodError(f"method {name!r} names preset {dotted!r} but preset={preset!r} was also given")
+    return base, dotted or preset
+
+
+def available(pattern: str = "*") -> list[str]:
+    """`method.preset` names matching a wildcard, sorted."""
+    _load_plugins()
+    names = [f"{m}.{p}" for m, e in _REGISTRY.items() for p in e.presets]
+    return sorted(n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(".")[0], pattern))
+
+
+def resolve_preset(name: str, preset: str | None = None) -> tuple[MethodEntry, str, Preset]:
+    base, preset = split_name(name, preset)
+    entry = get_entry(base)
+    preset = preset or entry.default_preset
+    if preset not in entry.presets:
+        raise MethodError(f"method {base!r} has no preset {preset!r}; presets: {', '.join(entry.presets)}")
+    return entry, preset, entry.presets[preset]
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict:
+    """A carbench/Lightning checkpoint or a plain state dict (`.pt`, `.pth`, `.ckpt`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MethodError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MethodError(f"weights file {path} cannot be read as a PyTorch checkpoint: {e}") from e
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise MethodError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    # Lightning prefixes the network's keys with "net."; DataParallel with "module."
+    for prefix in ("net.", "module."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def load_weights_into(net: torch.nn.Module, state: dict, culprit: str) -> None:
+    """Strict load with an error that lists what does not fit."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:3]}")
+        raise MethodError(f"weights {culprit} do not match the network: " + "; ".join(parts))
+    net.load_state_dict(state)
+
+
+def weight_search_dirs() -> list[Path]:
+    """Where a preset's default weights file is looked for, in order."""
+    dirs = [CHECKPOINT_DIR]
+    if os.environ.get("CARBENCH_WEIGHTS"):
+        dirs.append(Path(os.environ["CARBENCH_WEIGHTS"]))
+    dirs.append(Path.home() / ".cache" / "carbench" / "weights")
+    shared = Path(__file__).resolve().parents[2] / "shared" / "weights"
+    if shared.is_dir():
+        dirs.append(shared)
+    return dirs
+
+
+def find_weights(filename: str) -> Path | None:
+    for d in weight_search_dirs():
+        for candidate in (d / filename, *sorted(d.glob(f"*/{filename}"))):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def create(name: str, preset: str | None = None, weights: str | os.PathLike | None = None,
+           pretrained: bool = True, **overrides):
+    """A ready LightningModule for `name` (`method` or `method.preset`).
+
+    weights: None -> the preset's default weights file, looked for in `weight_search_dirs()`; a path -> that
+    file (the preset's foreign-format loader reads files that are not PyTorch checkpoints).
+    pretrained=False -> random initialisation (training from scratch).
+    """
+    from .restorer import RestorerModule
+
+    entry, preset_name, preset = resolve_preset(name, preset)
+    kwargs = {**preset.kwargs, **overrides}
+    net = entry.build(**kwargs)
+    source = weights if weights is not None else (preset.weights if pretrained else None)
+    if source is not None:
+        path = Path(source)
+        if weights is None:
+            found = find_weights(preset.weights)
+            if found is None:
+                where = ", ".join(str(d) for d in weight_search_dirs())
+                raise MethodError(f"{entry.name}.{preset_name}: weights file {preset.weights!r} not found; put it in "
+                                  f"one of: {where} (or set $CARBENCH_WEIGHTS, or pass --weights FILE)"
+                                  + (f" -- {preset.description}" if preset.description else ""))
+            path = found
+        elif not path.is_file():
+            raise MethodError(f"{entry.name}.{preset_name}: weights file {path} does not exist")
+        if preset.loader is not None and path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+            state = preset.loader(str(path))
+        else:
+            state = load_state_dict_file(path)
+        load_weights_into(net, state, str(path))
+    cls = entry.module_cls or RestorerModule
+    module = cls(net)
+    module.method_name, module.preset_name = entry.name, preset_name
+    module.weights_path = str(source) if source is not None else ""
+    return module

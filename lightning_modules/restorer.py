@@ -1,0 +1,76 @@
+"""The thin LightningModule every restorer shares: it takes the network as an argument.
+
+Images enter and leave as float tensors in [0, 1], NCHW. The module adapts channels (a gray network restores each
+RGB channel on its own; a colour network sees a gray image replicated and returns the channel mean) and pads to the
+network's `size_multiple` (reflection) so any image size works.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+
+class RestorerModule(L.LightningModule):
+    def __init__(self, net: torch.nn.Module, lr: float = 1e-3, loss: str = "l2", lr_milestones: tuple = ()):
+        super().__init__()
+        self.net = net
+        self.lr, self.loss_name, self.lr_milestones = lr, loss, tuple(lr_milestones)
+        self.method_name, self.preset_name, self.weights_path = type(net).__name__.lower(), "", ""
+
+    @property
+    def in_channels(self) -> int | None:
+        """Channels the network takes; None: any."""
+        return getattr(self.net, "in_channels", None)
+
+    @property
+    def size_multiple(self) -> int:
+        return getattr(self.net, "size_multiple", 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if self.in_channels in (None, c):
+            return self._padded(x)
+        if self.in_channels == 1:  # gray network, colour image: channel by channel
+            n = x.shape[0]
+            return self._padded(x.reshape(n * c, 1, *x.shape[2:])).reshape(x.shape)
+        if c == 1:  # colour network, gray image
+            return self._padded(x.expand(-1, self.in_channels, -1, -1)).mean(1, keepdim=True)
+        raise ValueError(f"{self.method_name}: cannot restore {c}-channel input with a {self.in_channels}-channel net")
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.size_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            return self.net(F.pad(x, (0, pw, 0, ph), mode=mode))[..., :h, :w]
+        return self.net(x)
+
+    @torch.no_grad()
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on [0, 1] images; output clamped to [0, 1]."""
+        return self(x).clamp_(0, 1)
+
+    # ---- training on (corrupted, clean) crops --------------------------------------------------------------------
+    def _loss(self, pred, target):
+        return F.l1_loss(pred, target) if self.loss_name == "l1" else F.mse_loss(pred, target)
+
+    def training_step(self, batch, batch_idx):
+        corrupted, clean = batch[0], batch[1]
+        loss = self._loss(self(corrupted), clean)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        corrupted, clean = batch[0], batch[1]
+        pred = self(corrupted).clamp(0, 1)
+        mse = F.mse_loss(pred, clean)
+        self.log("val_psnr", -10 * torch.log10(mse), prog_bar=True)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        if not self.lr_milestones:
+            return opt
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=0.1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

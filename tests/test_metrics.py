@@ -1,0 +1,132 @@
+"""Fidelity metrics against independent references: scikit-image, hand-computed cases, a numpy PSNR-B."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2ycbcr
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from benchmark.metrics import PSNR, PSNRB, SSIM, blocking_effect_factor, psnr, psnrb, rgb_to_y, ssim, to_uint8
+from datamodules.corruptions import Corruption, apply
+
+from .conftest import smooth_image
+
+
+def chw(a):
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return (t[None] if t.ndim == 2 else t.permute(2, 0, 1))[None]
+
+
+def pair(rng, c=3, h=64, w=80, qf=10):
+    clean = smooth_image(rng, h, w, c)
+    return clean, apply(clean, Corruption("jpeg", (qf,)))[0]
+
+
+def test_psnr_matches_skimage_rgb_and_gray(rng):
+    for c in (3, 1):
+        clean, out = pair(rng, c)
+        ours = float(psnr(chw(out), chw(clean)))
+        assert ours == pytest.approx(peak_signal_noise_ratio(clean, out, data_range=255), abs=1e-10)
+
+
+def test_psnr_hand_computed():
+    a = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    b = a.clone()
+    b[0, 0, 0, 0] = 16  # MSE = 256/64 = 4
+    assert float(psnr(b, a)) == pytest.approx(10 * math.log10(255**2 / 4))
+    assert math.isinf(float(psnr(a, a)))
+
+
+def test_ssim_matches_skimage_valid_window(rng):
+    for c in (3, 1):
+        clean, out = pair(rng, c)
+        ref = structural_similarity(clean, out, data_range=255, gaussian_weights=True, sigma=1.5,
+                                    use_sample_covariance=False, channel_axis=2 if c == 3 else None)
+        assert float(ssim(chw(out), chw(clean))) == pytest.approx(ref, abs=1e-9)
+    assert float(ssim(chw(clean), chw(clean))) == pytest.approx(1.0)
+
+
+def test_y_conversion_matches_skimage(rng):
+    img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    ours = rgb_to_y(chw(img).double())[0, 0].numpy()
+    ref = rgb2ycbcr(img)[..., 0]  # MATLAB-compatible: Y in 16..235
+    np.testing.assert_allclose(ours, ref, atol=1e-9)
+
+
+def test_channels_y_scores_rounded_luma(rng):
+    clean, out = pair(rng, 3)
+    y = lambda a: np.round(rgb2ycbcr(a)[..., 0]).astype(np.uint8)  # noqa: E731
+    assert float(psnr(chw(out), chw(clean), "y")) == pytest.approx(
+        peak_signal_noise_ratio(y(clean), y(out), data_range=255), abs=1e-10)
+
+
+def numpy_psnrb(clean, out):
+    """Independent loop version of the FBCNN-table convention (see benchmark.metrics docstring)."""
+    c, o = clean.astype(np.float64), out.astype(np.float64)
+    mse = np.mean((c - o) ** 2)
+    im = np.round(rgb2ycbcr(out)[..., 0]) if out.ndim == 3 else o
+    h, w = im.shape
+    hb = [j for j in range(7, w - 1, 8)]
+    vb = [i for i in range(7, h - 1, 8)]
+    d_b = sum(((im[:, j] - im[:, j + 1]) ** 2).sum() for j in hb) + sum(((im[i] - im[i + 1]) ** 2).sum() for i in vb)
+    d_all = ((im[:, :-1] - im[:, 1:]) ** 2).sum() + ((im[:-1] - im[1:]) ** 2).sum()
+    n_b = h * (w / 8 - 1) + w * (h / 8 - 1)
+    n_bc = h * (w - 1) + w * (h - 1) - n_b
+    db, dbc = d_b / n_b, (d_all - d_b) / n_bc
+    bef = math.log2(8) / math.log2(min(h, w)) * (db - dbc) if db > dbc else 0.0
+    return 10 * math.log10(255**2 / (mse + bef))
+
+
+@pytest.mark.parametrize("shape", [(64, 80, 3), (64, 80, 1), (61, 83, 3), (37, 50, 1)])
+def test_psnrb_matches_numpy_reference(rng, shape):
+    clean, out = pair(rng, shape[2], shape[0], shape[1])
+    assert float(psnrb(chw(out), chw(clean))) == pytest.approx(numpy_psnrb(clean, out), abs=1e-9)
+
+
+def test_psnrb_hand_computed_blocky_image():
+    # 16x16 gray: two flat 8-wide columns 100 | 110, so only the block boundary at column 7 has a difference
+    img = np.full((16, 16), 100, np.uint8)
+    img[:, 8:] = 110
+    t = chw(img).double()
+    n_b = 16 * (16 / 8 - 1) + 16 * (16 / 8 - 1)  # 32 boundary pairs
+    d_b = 16 * 100 / n_b  # 16 rows x (10^2)
+    eta = math.log2(8) / math.log2(16)
+    assert float(blocking_effect_factor(t)) == pytest.approx(eta * d_b)
+    ref = np.full((16, 16), 105, np.uint8)
+    mse = 25.0
+    assert float(psnrb(chw(img), chw(ref))) == pytest.approx(10 * math.log10(255**2 / (mse + eta * d_b)))
+    # PSNR-B <= PSNR, equal when there is no blocking
+    assert float(psnrb(chw(ref), chw(img))) == pytest.approx(float(psnr(chw(ref), chw(img))))
+
+
+def test_float_inputs_are_rounded_and_nan_refused(rng):
+    clean, out = pair(rng, 3)
+    f = chw(out).float() / 255
+    assert float(psnr(f, chw(clean))) == pytest.approx(float(psnr(chw(out), chw(clean))))
+    f[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8(f)
+
+
+def test_shape_mismatch_is_an_error(rng):
+    clean, out = pair(rng, 3)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        psnr(chw(out)[..., :-1], chw(clean))
+
+
+def test_metric_classes_average_per_image_and_deduplicate_ids(rng):
+    pairs = [pair(rng, 3, 48 + 8 * i, 64) for i in range(3)]
+    per_image = [float(psnr(chw(o), chw(c))) for c, o in pairs]
+    m = PSNR()
+    for i, (c, o) in enumerate(pairs):
+        m.update(chw(o), chw(c), ids=torch.tensor([i]))
+    c0, o0 = pairs[0]
+    m.update(chw(o0), chw(c0), ids=torch.tensor([0]))  # a padded repeat, as DistributedSampler makes
+    assert float(m.compute()) == pytest.approx(np.mean(per_image))
+    # the field's per-image mean differs from torchmetrics' pooled-MSE PSNR
+    for cls, fn in ((SSIM, ssim), (PSNRB, psnrb)):
+        m = cls()
+        for i, (c, o) in enumerate(pairs):
+            m.update(chw(o), chw(c), ids=torch.tensor([i]))
+        assert float(m.compute()) == pytest.approx(np.mean([float(fn(chw(o), chw(c))) for c, o in pairs]))

@@ -1,0 +1,109 @@
+"""Image sources and bad input: each error names the culprit; one bad file never stops a folder."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules.sources import (SAMPLE_IMAGES, DatasetError, ImageError, LoadReport, load_folder, load_samples,
+                                 read_image, resolve_dataset)
+
+from .conftest import smooth_image
+
+
+def save(path, arr, **kw):
+    Image.fromarray(arr).save(path, **kw)
+    return path
+
+
+def test_reads_gray_rgb_in_all_formats(tmp_path, rng):
+    rgb, gray = smooth_image(rng), smooth_image(rng, c=1)
+    for ext in ("png", "bmp", "tif"):
+        assert np.array_equal(read_image(save(tmp_path / f"a.{ext}", rgb)).pixels, rgb)
+        assert np.array_equal(read_image(save(tmp_path / f"g.{ext}", gray)).pixels, gray)
+    r = read_image(save(tmp_path / "j.jpg", rgb, quality=95))
+    assert r.pixels.shape == rgb.shape and r.name == "j"
+
+
+def test_truncated_file_names_the_file(tmp_path, rng):
+    p = save(tmp_path / "t.png", smooth_image(rng))
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(ImageError, match="t.png"):
+        read_image(p)
+    q = tmp_path / "junk.jpg"
+    q.write_bytes(b"not an image at all")
+    with pytest.raises(ImageError, match="junk.jpg: cannot decode"):
+        read_image(q)
+
+
+def test_lossless_modes_are_converted_with_a_warning(tmp_path, rng):
+    rgb = smooth_image(rng)
+    pal = Image.fromarray(rgb).quantize(64)
+    pal.save(tmp_path / "p.png")
+    with pytest.warns(UserWarning, match="palette"):
+        r = read_image(tmp_path / "p.png")
+    assert np.array_equal(r.pixels, np.asarray(pal.convert("RGB")))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    with pytest.warns(UserWarning, match="alpha"):
+        assert np.array_equal(read_image(save(tmp_path / "o.png", rgba)).pixels, rgb)
+
+
+@pytest.mark.parametrize("mode,match", [("RGBA-transparent", "alpha"), ("I;16", "not 8-bit"), ("CMYK", "CMYK")])
+def test_lossy_modes_are_refused(tmp_path, rng, mode, match):
+    rgb = smooth_image(rng)
+    if mode == "RGBA-transparent":
+        img = Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)]))
+        path = tmp_path / "x.png"
+    elif mode == "I;16":
+        img = Image.fromarray(rgb[..., 0].astype(np.uint16) * 256)
+        path = tmp_path / "x.png"
+    else:
+        img = Image.fromarray(rgb).convert("CMYK")
+        path = tmp_path / "x.tif"
+    img.save(path)
+    with pytest.raises(ImageError, match=match) as e:
+        read_image(path)
+    assert "x." in str(e.value)
+
+
+def test_too_small_refused_odd_size_accepted(tmp_path, rng):
+    with pytest.raises(ImageError, match="smaller than one 8x8"):
+        read_image(save(tmp_path / "tiny.png", smooth_image(rng, 7, 20)))
+    odd = read_image(save(tmp_path / "odd.png", smooth_image(rng, 37, 45)))
+    assert odd.pixels.shape == (37, 45, 3)
+
+
+def test_folder_skips_bad_images_and_counts_them(tmp_path, rng):
+    save(tmp_path / "a.png", smooth_image(rng))
+    save(tmp_path / "b.png", smooth_image(rng, c=1))
+    (tmp_path / "c.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "notes.txt").write_text("ignored")
+    report = LoadReport()
+    with pytest.warns(UserWarning, match="c.png"):
+        records = load_folder(tmp_path, report)
+    assert [r.name for r in records] == ["a", "b"]
+    assert len(report.skipped) == 1 and report.skipped[0][0].endswith("c.png")
+
+
+def test_dataset_errors_say_what_to_provide(tmp_path, monkeypatch):
+    monkeypatch.delenv("CARBENCH_DATA", raising=False)
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
+        resolve_dataset("nope")
+    with pytest.raises(DatasetError, match="LIVE1_color"):
+        resolve_dataset("live1", tmp_path)
+    with pytest.raises(DatasetError, match="no .* files"):
+        resolve_dataset(str(tmp_path))
+
+
+def test_samples_are_embedded_and_stable():
+    a, b = load_samples(), load_samples()
+    assert [r.name for r in a] == list(SAMPLE_IMAGES)
+    assert any(r.is_gray for r in a) and any(not r.is_gray for r in a)
+    assert [r.digest for r in a] == [r.digest for r in b]
+
+
+def test_y_variant_is_matlab_luma(rng, tmp_path):
+    from skimage.color import rgb2ycbcr
+
+    rgb = smooth_image(rng)
+    save(tmp_path / "a.png", rgb)
+    (rec,) = resolve_dataset(f"{tmp_path}:y")
+    assert np.array_equal(rec.pixels, np.round(rgb2ycbcr(rgb)[..., 0]).astype(np.uint8))
