@@ -102,6 +102,8 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
     lib = versions["libjpeg_turbo"] and f"libjpeg-turbo {versions['libjpeg_turbo']}" or f"libjpeg {versions['libjpeg']}"
     if c.codec == "avif":
         lib = f"libavif {versions['libavif']}"
+    if all(r.is_gray for r in dm.records):
+        channels = "gray"  # scored on the one channel they have, whatever --channels says
     return {
         "method": restorer.method_name, "preset": restorer.preset_name, "dataset": dataset, "channels": channels,
         "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,

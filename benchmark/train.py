@@ -50,7 +50,7 @@ def train(method: str, preset: str | None = None, steps: int | None = None, batc
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1),
             "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
-            "torch": torch.__version__}
+            "torch": str(torch.__version__)}
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     torch.save({"state_dict": state, "carbench": meta}, out_path)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation PSNR {meta['val_psnr']}")

@@ -31,7 +31,7 @@ def published_jpeg_rows():
             & df.table.isin(["1", "3", "4", "I"])]
     cases = []
     for ours, qfs in PROTOCOL.items():
-        pub_ds, pub_ch = PUBLISHED_DATASET[(ours, "rgb")]
+        pub_ds, pub_ch = PUBLISHED_DATASET[(ours, "rgb" if ours in ("live1", "bsds500") else "gray")]
         sel = df[(df.dataset == pub_ds) & (df.channels == pub_ch) & df.qf.isin([str(q) for q in qfs])]
         for _, r in sel.iterrows():
             cases.append((ours, int(r.qf), r.metric, float(r.value), f"{r.paper} {r.table}"))
@@ -69,6 +69,7 @@ def test_jpeg_row_matches_published(measured, dataset, qf, metric, paper, table)
     assert abs(got - paper) <= TOL[metric] + 1e-9, f"{dataset} QF{qf} {metric}: measured {got:.4f}, {table} {paper}"
 
 
+# the authors' published PSNR (../shared/weights/README.md)
 DNCNN3 = {("classic5", 10): 29.40, ("classic5", 20): 31.63, ("classic5", 30): 32.91, ("classic5", 40): 33.77,
           ("live1-gray", 10): 29.19}
 
@@ -83,6 +84,18 @@ def test_official_dncnn3_reproduces_published_psnr(tmp_path):
                               weights=str(WEIGHTS / "dncnn3_matconvnet" / "DnCNN3.mat"), cache_dir=str(tmp_path))
         rows, failures = run_fidelity(req)
         assert not failures, failures
-        got.update({(r["dataset"], int(r["qf"])): r["psnr"] for r in rows})
+        got.update({(r["dataset"], int(r["qf"])): r for r in rows})
     for k, paper in DNCNN3.items():
-        assert abs(got[k] - paper) <= 0.01 + 1e-9, f"{k}: measured {got[k]:.3f}, published {paper}"
+        assert abs(got[k]["psnr"] - paper) <= 0.01 + 1e-9, f"{k}: measured {got[k]['psnr']:.3f}, published {paper}"
+    # the same rows in jarcal Table 1 (Y) also print SSIM and PSNR-B for DnCNN: those match too
+    df = pd.read_csv(PUBLISHED / "fidelity.csv", dtype=str)
+    df = df[(df.paper == "jarcal") & (df.table == "1") & (df.method == "dncnn")]
+    checked = 0
+    for (dataset, qf), row in got.items():
+        pub_ds = PUBLISHED_DATASET[(dataset, "gray")][0]
+        for metric in ("ssim", "psnrb"):
+            sel = df[(df.dataset == pub_ds) & (df.qf == str(qf)) & (df.metric == metric)]
+            for v in sel.value.astype(float):
+                assert abs(row[metric] - v) <= TOL[metric] + 1e-9, f"{dataset} QF{qf} {metric}: {row[metric]} vs {v}"
+                checked += 1
+    assert checked == 2 * len(DNCNN3)
