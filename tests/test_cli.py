@@ -98,3 +98,16 @@ def test_upsert_is_atomic_and_keeps_other_rows(tmp_path, monkeypatch):
     leaderboard.upsert(lb, [{**row, "psnr": 31.0}])
     df = pd.read_csv(lb)
     assert len(df) == 2 and df.set_index("method").psnr["a"] == 31.0
+
+
+def test_embedded_default_dncnn_beats_jpeg(tmp_path, capsys):
+    """The main job: the shipped compact DnCNN on the embedded samples improves on the compressed input."""
+    lb = tmp_path / "f.csv"
+    rc, out, _ = run(["run", "--method", "dncnn", "--qf", "10,20", "--leaderboard", str(lb), "--quiet"], capsys)
+    assert rc == 0, out
+    df = pd.read_csv(lb)
+    assert set(df.method) == {"jpeg", "dncnn"} and set(df.preset) == {"none", "compact"}
+    psnr = df.pivot(index="qf", columns="method", values="psnr")
+    ssim = df.pivot(index="qf", columns="method", values="ssim")
+    assert (psnr.dncnn > psnr.jpeg + 0.3).all(), psnr
+    assert (ssim.dncnn > ssim.jpeg).all(), ssim
