@@ -1,0 +1,359 @@
+"""Downstream classification: dataset layouts, the ImageNet-C JPEG protocol, a Dataset and top-k accuracy.
+
+Layouts (each returns `Labeled(samples=[(path, class_index), ...], classes=[class name by index])`):
+
+- `imagenet_folders(root)`: ImageNet val sorted into wnid folders, `<root>/n01440764/*.JPEG`; class index = position
+  of the wnid in the sorted wnids found (or in a given wnid list / synset-mapping file), classes = wnids.
+- `imagenet_flat(folder)`: one folder whose file names start with the wnid, `n01440764_tench.JPEG` (the layout of
+  `../shared/data/train/ImageNet_sample1000`); same indexing, classes = wnids (the readable names are not unique).
+- `cub200(root)`: CUB-200-2011 (`images.txt`, `image_class_labels.txt`, `train_test_split.txt`, `images/`);
+  labels 1..200 -> 0..199, the official test split by default; classes = `classes.txt` names (`001.Black_footed_...`).
+- `flowers102(root)`: Oxford Flowers-102 (`jpg/image_%05d.jpg`, `imagelabels.mat`, `setid.mat`); labels 1..102 ->
+  0..101, split `tstid` by default; classes = `"001"` .. `"102"` (the release ships no names).
+
+ImageNet-C JPEG protocol (Hendrycks & Dietterich 2019, `make_imagenet_c.py`): the PIL image is resized with
+torchvision `Resize(256)` (shorter side 256, PIL bilinear, long side truncated) and `CenterCrop(224)`, then saved
+by Pillow as JPEG at quality (25, 18, 15, 10, 7)[severity - 1] (Pillow's default 4:2:0) and decoded. The released
+ImageNet-C files were then written once more with `Image.save(..., quality=85, optimize=True)`, so what a model
+reads from the release is that image JPEG-compressed again at 85: `resave85=True` reproduces those pixels
+(`optimize=True` only changes Huffman tables, not pixels, so the returned stream can be a few bytes longer than the
+released file). The clean reference is the same resize/crop without JPEG.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchmetrics import Metric
+
+from benchmark.metrics import _first_occurrence
+from datamodules.corruptions import (
+    AFD_QF_SET,
+    Corruption,
+    CorruptionCache,
+    apply,
+    parse_qf,
+)
+from datamodules.sources import (
+    IMAGE_SUFFIXES,
+    DatasetError,
+    ImageError,
+    ImageRecord,
+    read_image,
+)
+
+IMAGENET_C_JPEG_QF = AFD_QF_SET  # (25, 18, 15, 10, 7): severities 1..5
+IMAGENET_C_RESAVE_QF = 85
+RESIZE, CROP = 256, 224
+IMAGENET_CLASSES = 1000
+_WNID = re.compile(r"n\d{8}")
+
+
+class Labeled(NamedTuple):
+    samples: list[tuple[Path, int]]
+    classes: list[str]
+
+
+# ---- layouts -------------------------------------------------------------------------------------------------------
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _read_wnids(wnids: Sequence[str] | str | os.PathLike) -> list[str]:
+    """A wnid list, or a file whose lines start with a wnid (`LOC_synset_mapping.txt`, `wnids.txt`)."""
+    if isinstance(wnids, (str, os.PathLike)):
+        path = Path(wnids)
+        if not path.is_file():
+            raise DatasetError(f"wnid list {path} does not exist")
+        wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    wnids = list(wnids)
+    bad = [w for w in wnids if not _WNID.fullmatch(w)]
+    if bad:
+        raise DatasetError(f"not ImageNet wnids (nXXXXXXXX): {bad[:5]}")
+    if len(set(wnids)) != len(wnids):
+        raise DatasetError("the wnid list repeats wnids")
+    return wnids
+
+
+def _class_list(found: set[str], wnids, where: str) -> list[str]:
+    if wnids is not None:
+        return _read_wnids(wnids)
+    classes = sorted(found)
+    if len(classes) != IMAGENET_CLASSES:
+        warnings.warn(f"{where}: {len(classes)} wnids found, not {IMAGENET_CLASSES}: class indices are positions in "
+                      f"these {len(classes)} and will not match a 1000-class model; pass wnids= to fix them",
+                      stacklevel=3)
+    return classes
+
+
+def imagenet_folders(root: str | os.PathLike, wnids: Sequence[str] | str | os.PathLike | None = None) -> Labeled:
+    """ImageNet val in wnid folders: `<root>/n01440764/*.JPEG`, ..."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"ImageNet folder {root} does not exist: expected wnid folders like {root}/n01440764/*.JPEG")
+    found = {p.name for p in root.iterdir() if p.is_dir() and _WNID.fullmatch(p.name)}
+    if not found:
+        raise DatasetError(f"{root} holds no wnid folders: expected {root}/n01440764/*.JPEG, ...")
+    classes = _class_list(found, wnids, str(root))
+    extra = sorted(found - set(classes))
+    if extra:
+        raise DatasetError(f"{root}: folders {extra[:5]} are not in the given wnid list")
+    samples = []
+    for idx, wnid in enumerate(classes):
+        folder = root / wnid
+        if not folder.is_dir():
+            raise DatasetError(f"ImageNet class {wnid} (index {idx}): expected the folder {folder}")
+        files = sorted(p for p in folder.iterdir() if _is_image(p))
+        if not files:
+            raise DatasetError(f"ImageNet class folder {folder} holds no {'/'.join(sorted(IMAGE_SUFFIXES))} images")
+        samples += [(p, idx) for p in files]
+    return Labeled(samples, classes)
+
+
+def imagenet_flat(folder: str | os.PathLike, wnids: Sequence[str] | str | os.PathLike | None = None) -> Labeled:
+    """One folder of `<wnid>_<anything>.<ext>` files (`n01440764_tench.JPEG`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist: expected files like {folder}/n01440764_tench.JPEG")
+    files = sorted(p for p in folder.iterdir() if _is_image(p))
+    if not files:
+        raise DatasetError(f"{folder} holds no images: expected files like {folder}/n01440764_tench.JPEG")
+    bad = [p.name for p in files if not _WNID.match(p.name)]
+    if bad:
+        raise DatasetError(f"{folder}: file names must start with the wnid (n01440764_tench.JPEG); not: {bad[:5]}")
+    labels = [p.name[:9] for p in files]
+    classes = _class_list(set(labels), wnids, str(folder))
+    index = {w: i for i, w in enumerate(classes)}
+    unknown = sorted({w for w in labels if w not in index})
+    if unknown:
+        raise DatasetError(f"{folder}: wnids {unknown[:5]} are not in the given wnid list")
+    return Labeled([(p, index[w]) for p, w in zip(files, labels)], classes)
+
+
+def _id_table(path: Path) -> dict[int, str]:
+    """`<id> <value>` lines -> {id: value}."""
+    if not path.is_file():
+        raise DatasetError(f"expected the file {path}")
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise DatasetError(f"{path}:{n}: expected '<id> <value>', got {line!r}")
+        out[int(parts[0])] = parts[1].strip()
+    return out
+
+
+def _check_files(samples: list[tuple[Path, int]], what: str) -> None:
+    missing = [p for p, _ in samples if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{what}: {len(missing)} image file(s) missing, first expected at {missing[0]}")
+
+
+def cub200(root: str | os.PathLike, split: str = "test") -> Labeled:
+    """CUB-200-2011; `root` is the `CUB_200_2011` folder (or its parent). split: test | train | all."""
+    root = Path(root)
+    if not (root / "images.txt").is_file() and (root / "CUB_200_2011" / "images.txt").is_file():
+        root = root / "CUB_200_2011"
+    if split not in ("test", "train", "all"):
+        raise DatasetError(f"CUB-200 split {split!r}: use test, train or all")
+    images = _id_table(root / "images.txt")
+    labels = _id_table(root / "image_class_labels.txt")
+    is_train = _id_table(root / "train_test_split.txt")
+    samples, folder_of = [], {}
+    for i in sorted(images):
+        if i not in labels or i not in is_train:
+            raise DatasetError(f"CUB-200: image id {i} of {root / 'images.txt'} has no label in "
+                               f"{root / 'image_class_labels.txt'} or no split in {root / 'train_test_split.txt'}")
+        label = int(labels[i])
+        if not 1 <= label <= 200:
+            raise DatasetError(f"CUB-200: image id {i} has label {label}, outside 1..200")
+        folder_of.setdefault(label - 1, images[i].split("/")[0])
+        if split == "all" or (split == "train") == (is_train[i].strip() == "1"):
+            samples.append((root / "images" / images[i], label - 1))
+    names_file = root / "classes.txt"
+    if names_file.is_file():
+        names = _id_table(names_file)
+        classes = [names.get(k + 1, folder_of.get(k, str(k + 1))) for k in range(200)]
+    else:
+        classes = [folder_of.get(k, f"{k + 1:03d}") for k in range(200)]
+    if not samples:
+        raise DatasetError(f"CUB-200: no {split} images listed in {root / 'train_test_split.txt'}")
+    _check_files(samples, f"CUB-200 ({root})")
+    return Labeled(samples, classes)
+
+
+FLOWERS_SPLITS = {"test": "tstid", "train": "trnid", "val": "valid"}
+
+
+def flowers102(root: str | os.PathLike, split: str = "test") -> Labeled:
+    """Oxford Flowers-102; `root` holds `jpg/`, `imagelabels.mat`, `setid.mat`. split: test | train | val."""
+    from scipy.io import loadmat
+
+    root = Path(root)
+    if split not in FLOWERS_SPLITS:
+        raise DatasetError(f"Flowers-102 split {split!r}: use one of {', '.join(FLOWERS_SPLITS)}")
+    mats = {}
+    for name in ("imagelabels.mat", "setid.mat"):
+        if not (root / name).is_file():
+            raise DatasetError(f"Flowers-102: expected the file {root / name}")
+        mats[name] = loadmat(root / name)
+    key = FLOWERS_SPLITS[split]
+    if "labels" not in mats["imagelabels.mat"] or key not in mats["setid.mat"]:
+        raise DatasetError(f"Flowers-102: {root / 'imagelabels.mat'} needs 'labels' and {root / 'setid.mat'} "
+                           f"needs {key!r}")
+    labels = np.asarray(mats["imagelabels.mat"]["labels"]).ravel().astype(np.int64)
+    ids = np.asarray(mats["setid.mat"][key]).ravel().astype(np.int64)
+    if labels.size and not (labels.min() >= 1 and labels.max() <= 102):
+        raise DatasetError(f"Flowers-102: labels in {root / 'imagelabels.mat'} are outside 1..102")
+    if ids.size == 0 or ids.min() < 1 or ids.max() > labels.size:
+        raise DatasetError(f"Flowers-102: {key} ids in {root / 'setid.mat'} do not index the {labels.size} labels")
+    samples = [(root / "jpg" / f"image_{i:05d}.jpg", int(labels[i - 1]) - 1) for i in ids.tolist()]
+    _check_files(samples, f"Flowers-102 ({root})")
+    return Labeled(samples, [f"{k:03d}" for k in range(1, 103)])
+
+
+# ---- ImageNet-C JPEG protocol --------------------------------------------------------------------------------------
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """uint8 HxWx3: gray replicated to RGB (as PIL `convert('RGB')`); modes `read_image` refuses (CMYK, ...) are
+    converted by Pillow as torchvision's `pil_loader` does, with a warning."""
+    try:
+        px = read_image(path).pixels
+    except ImageError as e:
+        if "not supported" not in str(e) and "not 8-bit" not in str(e):
+            raise
+        warnings.warn(f"{path}: converted to RGB by Pillow ({e})", stacklevel=2)
+        with Image.open(path) as img:
+            px = np.asarray(img.convert("RGB")).copy()
+    return np.repeat(px[..., None], 3, axis=2) if px.ndim == 2 else px
+
+
+def resize_center_crop(pixels: np.ndarray, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
+    """torchvision `Resize(resize)` + `CenterCrop(crop)` on a PIL image (bilinear), for uint8 HxW[x3] arrays."""
+    img = Image.fromarray(pixels)
+    w, h = img.size
+    if w <= h:
+        size = (resize, int(resize * h / w))
+    else:
+        size = (int(resize * w / h), resize)
+    if size != (w, h):
+        img = img.resize(size, Image.BILINEAR)
+    w, h = img.size
+    if w < crop or h < crop:
+        raise ImageError(f"{w}x{h} after resizing is smaller than the {crop}x{crop} crop")
+    top, left = round((h - crop) / 2.0), round((w - crop) / 2.0)  # torchvision: int(round(...))
+    return np.asarray(img.crop((left, top, left + crop, top + crop))).copy()
+
+
+def imagenet_c_quality(severity: int | None = None, qf: int | None = None) -> int:
+    if (severity is None) == (qf is None):
+        raise ValueError("give exactly one of severity (1..5) or qf")
+    if qf is not None:
+        return parse_qf(qf)
+    if not isinstance(severity, (int, np.integer)) or isinstance(severity, bool) or not 1 <= severity <= 5:
+        raise ValueError(f"ImageNet-C severity {severity!r} is outside 1..5")
+    return IMAGENET_C_JPEG_QF[severity - 1]
+
+
+def imagenet_c_corruption(severity: int | None = None, *, qf: int | None = None, resave85: bool = False) -> Corruption:
+    """The `Corruption` of the protocol: `jpeg:q10:420`, or `jpeg:q10>85:420` with the release's re-save."""
+    q = imagenet_c_quality(severity, qf)
+    return Corruption("jpeg", (q, IMAGENET_C_RESAVE_QF) if resave85 else (q,))
+
+
+def imagenet_c_jpeg(pixels: np.ndarray, severity: int | None = None, *, qf: int | None = None,
+                    resave85: bool = False) -> tuple[np.ndarray, bytes]:
+    """Clean uint8 RGB (any size) -> (224x224x3 JPEG-degraded pixels, final encoded stream). See module docstring."""
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    corruption = imagenet_c_corruption(severity, qf=qf, resave85=resave85)
+    return apply(resize_center_crop(pixels), corruption)
+
+
+class ClassificationSet(Dataset):
+    """(uint8 CHW crop, label, {"index", "name"}) per (path, label); `corruption=None` gives the clean crop.
+
+    The crop is the ImageNet-C one (`resize`/`crop`); the corruption is applied to the crop, optionally through a
+    `CorruptionCache` keyed by the crop's content hash.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], corruption: Corruption | None = None,
+                 resize: int = RESIZE, crop: int = CROP, cache: CorruptionCache | None = None):
+        self.samples = [(Path(p), int(y)) for p, y in samples]
+        self.corruption, self.resize, self.crop, self.cache = corruption, resize, crop, cache
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        px = resize_center_crop(load_rgb(path), self.resize, self.crop)
+        if self.corruption is not None:
+            digest = ImageRecord(path.stem, px).digest if (self.corruption.draw or self.cache) else None
+            if self.cache is not None:
+                px, _ = self.cache.get(px, digest, self.corruption)
+            else:
+                px, _ = apply(px, self.corruption, digest)
+        return torch.from_numpy(np.ascontiguousarray(px)).permute(2, 0, 1).contiguous(), label, \
+            {"index": index, "name": path.stem}
+
+
+# ---- accuracy ------------------------------------------------------------------------------------------------------
+class TopKAccuracy(Metric):
+    """Top-k accuracies in percent, `{"top1": ..., "top5": ...}`; exact under DDP when `update` gets image ids
+    (images the distributed sampler repeats count once, as in `benchmark.metrics`)."""
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(self, k: int | Sequence[int] = (1, 5), **kwargs):
+        super().__init__(**kwargs)
+        ks = (k,) if isinstance(k, int) else tuple(k)
+        if not ks or any(not isinstance(x, int) or x < 1 for x in ks):
+            raise ValueError(f"k={k!r}: give positive integers")
+        self.k = tuple(sorted(set(ks)))
+        self.add_state("correct", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be (N, classes), got {tuple(logits.shape)}")
+        labels = torch.as_tensor(labels, device=logits.device).reshape(-1).long()
+        n, c = logits.shape
+        if labels.numel() != n:
+            raise ValueError(f"{n} logits rows but {labels.numel()} labels")
+        if n and (labels.min() < 0 or labels.max() >= c):
+            raise ValueError(f"labels outside 0..{c - 1}")
+        if max(self.k) > c:
+            raise ValueError(f"top-{max(self.k)} needs at least {max(self.k)} classes, logits have {c}")
+        hit = logits.topk(max(self.k), dim=1).indices == labels[:, None]
+        correct = torch.stack([hit[:, :k].any(1) for k in self.k], 1).double()
+        if ids is None:  # anonymous images never deduplicate
+            ids = torch.full((n,), -1, dtype=torch.long)
+        self.correct.append(correct)
+        self.ids.append(torch.as_tensor(ids, dtype=torch.long, device=logits.device).reshape(-1))
+
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, correct (N, len(k)) 0/1) after removing repeated ids, sorted by id."""
+        correct = torch.cat(self.correct) if isinstance(self.correct, list) else self.correct
+        ids = torch.cat(self.ids) if isinstance(self.ids, list) else self.ids
+        anon = ids < 0
+        named_ids, first = _first_occurrence(ids[~anon])
+        return torch.cat([named_ids, ids[anon]]), torch.cat([correct[~anon][first], correct[anon]])
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.correct, list) and not self.correct:
+            return {f"top{k}": torch.tensor(float("nan"), dtype=torch.float64) for k in self.k}
+        _, correct = self.per_image()
+        acc = correct.mean(0) * 100.0
+        return {f"top{k}": acc[i] for i, k in enumerate(self.k)}

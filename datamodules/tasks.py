@@ -1,0 +1,75 @@
+"""Task data for downstream evaluation: (corrupted, clean, target, meta) items for classification, detection and
+segmentation, over the procedural shapes set (the embedded default)."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .corruptions import Corruption, CorruptionCache
+from .fidelity import to_tensor
+from .shapes import generate_scene
+from .sources import ImageRecord
+
+TASKS = ("classification", "detection", "segmentation")
+
+
+class ShapesTaskSet(Dataset):
+    """Shapes scenes under one corruption (None = clean). Targets: class index, box dict, or mask."""
+
+    def __init__(self, task: str, n: int, split: str = "test", seed: int = 0, corruption: Corruption | None = None,
+                 cache: CorruptionCache | None = None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
+        self.task, self.n, self.split, self.seed, self.corruption = task, n, split, seed, corruption
+        self.cache = cache or CorruptionCache()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def scene(self, i: int):
+        return generate_scene(i, self.split, self.seed, max_objects=1 if self.task == "classification" else 3)
+
+    def __getitem__(self, i: int):
+        s = self.scene(i)
+        clean = s.pixels
+        if self.corruption is None:
+            corrupted = clean
+        else:
+            rec = ImageRecord(f"shapes-{self.split}-{i}", clean)
+            corrupted, _ = self.cache.get(clean, rec.digest, self.corruption)
+        if self.task == "classification":
+            target = torch.tensor(s.label, dtype=torch.long)
+        elif self.task == "segmentation":
+            target = torch.from_numpy(s.mask.astype(np.int64))
+        else:
+            target = {"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels) + 1}  # 0 = background
+        return to_tensor(corrupted), to_tensor(clean), target, {"index": i}
+
+
+def collate(batch):
+    corrupted, clean, targets, metas = zip(*batch)
+    if isinstance(targets[0], dict):
+        target = list(targets)
+    else:
+        target = torch.stack(targets)
+    return torch.stack(corrupted), torch.stack(clean), target, {"index": torch.tensor([m["index"] for m in metas])}
+
+
+class ShapesTrainModule(L.LightningDataModule):
+    """Clean shapes scenes for training task models (train split; val split for validation)."""
+
+    def __init__(self, task: str, n_train: int = 2000, n_val: int = 200, batch_size: int = 32, seed: int = 0,
+                 jpeg_qf_range: tuple[int, int] | None = None):
+        super().__init__()
+        self.task, self.n_train, self.n_val, self.batch_size, self.seed = task, n_train, n_val, batch_size, seed
+        self.jpeg_qf_range = jpeg_qf_range
+
+    def train_dataloader(self):
+        return DataLoader(ShapesTaskSet(self.task, self.n_train, "train", self.seed), batch_size=self.batch_size,
+                          shuffle=True, collate_fn=collate, num_workers=0)
+
+    def val_dataloader(self):
+        return DataLoader(ShapesTaskSet(self.task, self.n_val, "val", self.seed), batch_size=self.batch_size,
+                          collate_fn=collate, num_workers=0)
