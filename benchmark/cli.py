@@ -53,9 +53,11 @@ def cmd_run(args) -> int:
                           devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet)
     t0 = time.time()
     rows, failures = run_fidelity(req)
-    print(format_table(rows))
-    if rows and not args.dry_run:
+    path = None
+    if rows and not args.dry_run:  # written before anything else can go wrong: measured rows are never lost
         path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
+    print(format_table(rows))
+    if path is not None:
         print(f"\n{len(rows)} rows -> {path}")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         n = max(r["n_skipped"] for r in rows if r["dataset"] == dataset)

@@ -44,6 +44,6 @@ def fidelity_value(method: str, dataset: str, channels: str, codec: str, qf: str
         return None
     sel = df[(df.method == method) & (df.dataset == target[0]) & (df.channels == target[1]) & (df.codec == codec)
              & (df.qf == str(qf)) & (df.metric == metric)]
-    sel = sel[[(p, t) in REFERENCE_TABLES for p, t in zip(sel.paper, sel.table)]]
-    values = {float(v) for v in sel.value}
+    in_reference = [(p, t) in REFERENCE_TABLES for p, t in zip(sel.paper, sel.table)]
+    values = {float(v) for v, ok in zip(sel.value, in_reference) if ok}
     return values.pop() if len(values) == 1 else None
