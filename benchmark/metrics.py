@@ -63,7 +63,7 @@ def _prepare(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[
 
 
 def _mse(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return (p - t).pow(2).flatten(1).mean(1)
+    return (p - t).square().flatten(1).mean(1)
 
 
 def psnr(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
@@ -105,16 +105,17 @@ def ssim(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> to
     # one filtering pass over the five moments
     stats = _filter_valid(torch.cat([p, t, p * p, t * t, p * t], dim=1).view(n, 5 * c, *p.shape[-2:]))
     mu_p, mu_t, pp, tt, pt = stats.view(n, 5, c, *stats.shape[-2:]).unbind(1)
-    var_p, var_t, cov = pp - mu_p**2, tt - mu_t**2, pt - mu_p * mu_t
-    smap = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
+    mu_pp, mu_tt, mu_pt = mu_p * mu_p, mu_t * mu_t, mu_p * mu_t
+    var_p, var_t, cov = pp - mu_pp, tt - mu_tt, pt - mu_pt
+    smap = ((2 * mu_pt + c1) * (2 * cov + c2)) / ((mu_pp + mu_tt + c1) * (var_p + var_t + c2))
     return smap.flatten(2).mean(2).mean(1)
 
 
 def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
     """BEF of (N, C, H, W) images in [0, 255] (float64), summed over channels; shape (N,)."""
     _, _, h, w = img.shape
-    dh = (img[..., :, :-1] - img[..., :, 1:]).pow(2)  # column j vs j+1
-    dv = (img[..., :-1, :] - img[..., 1:, :]).pow(2)
+    dh = (img[..., :, :-1] - img[..., :, 1:]).square()  # column j vs j+1
+    dv = (img[..., :-1, :] - img[..., 1:, :]).square()
     cols = torch.arange(block - 1, w - 1, block, device=img.device)
     rows = torch.arange(block - 1, h - 1, block, device=img.device)
     boundary = dh[..., cols].sum((1, 2, 3)) + dv[..., rows, :].sum((1, 2, 3))
