@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .registry import mismatch_report
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -189,20 +191,8 @@ def load_weights_file(path: str | os.PathLike) -> dict:
 
 
 def _mismatch(model: nn.Module, state: dict) -> list[str]:
-    own = model.state_dict()
     # BatchNorm's num_batches_tracked is optional (old torchvision files lack it; BatchNorm fills it in)
-    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-    if shapes:
-        parts.append(f"shape mismatches {shapes[:4]}{' ...' if len(shapes) > 4 else ''}")
-    return parts
+    return mismatch_report(model.state_dict(), state, optional_suffixes=("num_batches_tracked",))
 
 
 def load_into(model: nn.Module, state: dict, culprit: str, filter_fn=None) -> None:

@@ -119,21 +119,27 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     return obj
 
 
-def load_weights_into(net: torch.nn.Module, state: dict, culprit: str) -> None:
-    """Strict load with an error that lists what does not fit."""
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
+def mismatch_report(own: dict, state: dict, optional_suffixes: tuple[str, ...] = ()) -> list[str]:
+    """What keeps `state` from loading strictly into a model whose state dict is `own` (empty: it fits).
+    Keys ending in `optional_suffixes` may be absent from the file."""
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith(optional_suffixes))
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:3]}")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+    if shapes:
+        parts.append(f"shape mismatches {shapes[:4]}{' ...' if len(shapes) > 4 else ''}")
+    return parts
+
+
+def load_weights_into(net: torch.nn.Module, state: dict, culprit: str) -> None:
+    """Strict load with an error that lists what does not fit."""
+    parts = mismatch_report(net.state_dict(), state)
+    if parts:
         raise MethodError(f"weights {culprit} do not match the network: " + "; ".join(parts))
     net.load_state_dict(state)
 
