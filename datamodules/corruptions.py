@@ -171,8 +171,9 @@ def default_cache_dir() -> Path:
 class CorruptionCache:
     """Decoded corrupted pixels on disk, keyed by (image content digest, corruption key).
 
-    The decoded array (`.npy`) is what re-runs read, so a warm run neither encodes nor decodes; the final encoded
-    stream is kept beside it (bits per pixel, inspection). Writes go to a temporary name and are renamed into place,
+    The decoded pixels (raw uint8 `.u8`, the clean image's shape: a codec never changes it) are what re-runs read,
+    so a warm run neither encodes nor decodes nor parses a header; the final encoded stream is kept beside it (bits
+    per pixel, inspection). Writes go to a temporary name and are renamed into place,
     so concurrent runs (DDP ranks) never read half a file.
     """
 
@@ -183,25 +184,24 @@ class CorruptionCache:
     def _paths(self, digest: str, corruption: Corruption) -> tuple[Path, Path]:
         d = self.root / digest[:2] / digest
         ext = "jpg" if corruption.codec == "jpeg" else "avif"
-        return d / f"{corruption.file_key}.npy", d / f"{corruption.file_key}.{ext}"
+        return d / f"{corruption.file_key}.u8", d / f"{corruption.file_key}.{ext}"
 
     def get(self, pixels: np.ndarray, digest: str, corruption: Corruption) -> tuple[np.ndarray, int]:
         """(corrupted pixels, size of the encoded stream in bytes)."""
         if not self.enabled:
             out, data = apply(pixels, corruption, digest)
             return out, len(data)
-        npy, stream = self._paths(digest, corruption)
+        raw, stream = self._paths(digest, corruption)
         try:
-            out = np.load(npy)
-            return out, stream.stat().st_size
-        except (FileNotFoundError, ValueError, OSError):
+            out = np.fromfile(raw, dtype=np.uint8)
+            if out.size == pixels.size:  # else a foreign or damaged file: recompute it
+                return out.reshape(pixels.shape), stream.stat().st_size
+        except (FileNotFoundError, OSError):
             pass
         out, data = apply(pixels, corruption, digest)
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(stream, data)
-        buf = io.BytesIO()
-        np.save(buf, out)
-        _atomic_write(npy, buf.getvalue())
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(stream, data)  # the stream first: a present .u8 implies its stream is there
+        _atomic_write(raw, np.ascontiguousarray(out).tobytes())
         return out, len(data)
 
 
