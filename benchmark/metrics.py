@@ -20,6 +20,7 @@ batch by repeating images) count once.
 """
 from __future__ import annotations
 
+import functools
 import math
 from functools import lru_cache
 
@@ -66,6 +67,18 @@ def _mse(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (p - t).square().flatten(1).mean(1)
 
 
+def _image_by_image(fn):
+    """Run a batch one image at a time: per-image temporaries stay small enough for the allocator to reuse, while
+    batch-sized float64 buffers cost fresh pages every call (measured 12x slower for PSNR on 6x3x256x256)."""
+    @functools.wraps(fn)
+    def wrapper(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
+        if preds.ndim == 4 and preds.shape[0] > 1 and preds.shape == target.shape:
+            return torch.cat([fn(p, t, channels) for p, t in zip(preds.split(1), target.split(1))])
+        return fn(preds, target, channels)
+    return wrapper
+
+
+@_image_by_image
 def psnr(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
     """Per-image PSNR in dB, shape (N,)."""
     p, t = _prepare(preds, target, channels)
@@ -95,6 +108,7 @@ def _filter_valid(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@_image_by_image
 def ssim(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
     """Per-image SSIM, shape (N,): mean over the valid SSIM map, then over channels."""
     p, t = _prepare(preds, target, channels)
@@ -129,6 +143,7 @@ def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
     return torch.where(d_b > d_bc, eta * (d_b - d_bc), torch.zeros_like(d_b))
 
 
+@_image_by_image
 def psnrb(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
     """Per-image PSNR-B in dB, shape (N,). Colour: MSE over RGB, BEF on the Y channel of `preds`."""
     p, t = _prepare(preds, target, channels)
