@@ -8,7 +8,8 @@ VENV=${CARBENCH_VENV:-.venv}
 TORCH=2.13.0
 TORCHVISION=0.28.0
 
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# (re)create the venv unless it already has a working pip (an interrupted creation leaves one without)
+"$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PY" -m venv --clear "$VENV"
 if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH')" 2>/dev/null; then
   # torchvision on the registry is a CUDA build that imports only against the registry's torch of the same
   # release (it runs fine on CPU); --isolated bypasses a local CPU-only torch wheel that pip config may point at.
