@@ -3,6 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 SHARED = Path(os.environ.get("CARBENCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 TEST_DATA = SHARED / "data" / "test"
@@ -33,3 +34,12 @@ def smooth_image(rng, h=64, w=80, c=3):
     chans = [base + 30 * np.sin((xx + 13 * k) / (3.0 + k)) + rng.normal(0, 8, (h, w)) for k in range(c)]
     img = np.stack(chans, -1) if c > 1 else chans[0]
     return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny forwards: intra-op threads only contend (on a busy 2-core machine 2 threads were up to 100x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -33,13 +33,7 @@ from .conftest import SHARED, need_shared, smooth_image
 W1, W2 = "n01440764", "n01443537"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny forwards: intra-op threads only contend on a busy machine (0.8 s vs 0.02 s per resnet18 call)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_jpeg(path, rng, h=20, w=24, c=3):

@@ -26,13 +26,7 @@ from lightning_modules.pspnet import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs: thread start-up costs more than it saves, and on a loaded machine 2 threads are far slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 TINY = {"depth": 50, "stem_channels": 8, "base_channels": 4, "channels": 16, "aux_channels": 8}

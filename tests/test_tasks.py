@@ -15,12 +15,7 @@ from lightning_modules.pspnet import PSPNet, normalize
 from lightning_modules.task_models import ShapesClassifier
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Segmenter(torch.nn.Module):
