@@ -38,12 +38,17 @@ def cmd_run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     methods = _csv(args.method)
+    from .task_runner import NO_RESTORATION
+
     try:  # fail fast on names, before any image is read
         for m in methods:
-            resolve_preset(m, None if "." in m else args.preset)
+            if not (args.task and m in NO_RESTORATION):
+                resolve_preset(m, None if "." in m else args.preset)
     except MethodError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.task:
+        return _run_tasks(args, methods, corruptions)
     from . import leaderboard
     from .runner import FidelityRequest, format_table, run_fidelity
 
@@ -69,6 +74,43 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failures else 0
 
 
+def _run_tasks(args, methods, corruptions) -> int:
+    from datamodules.tasks import TASKS
+
+    from . import leaderboard
+    from .task_runner import TaskRequest, format_task_table, parse_dataset, run_tasks
+
+    tasks = _csv(args.task)
+    dataset = "shapes" if args.dataset == "samples" else args.dataset
+    unknown = [t for t in tasks if t not in TASKS]
+    try:
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
+        parse_dataset(dataset)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    req = TaskRequest(tasks=tasks, methods=methods, corruptions=corruptions, dataset=dataset, n_images=args.n_images,
+                      seed=args.seed, task_model=args.task_model, task_weights=args.task_weights, preset=args.preset,
+                      weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
+                      use_cache=not args.no_cache, accelerator=args.accelerator, devices=args.devices,
+                      progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids)
+    t0 = time.time()
+    rows, failures = run_tasks(req)
+    for task, task_rows in rows.items():
+        path = None
+        if task_rows and not args.dry_run:  # written first: measured rows are never lost
+            folder = args.leaderboard or str(leaderboard.LEADERBOARD_DIR)
+            path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+        print(format_task_table(task, task_rows))
+        if path is not None:
+            print(f"{len(task_rows)} rows -> {path}\n")
+    for f in failures:
+        print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
+    print(f"done in {time.time() - t0:.1f} s")
+    return EXIT_FAILED if failures else 0
+
+
 def cmd_list(args) -> int:
     from datamodules.sources import NAMED_DATASETS
     from lightning_modules import available
@@ -86,8 +128,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import train, train_task
 
+    if args.task:
+        train_task(args.task, args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                   out=args.out, accelerator=args.accelerator)
+        return 0
     train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
           seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator)
     return 0
@@ -124,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--accelerator", default="auto")
     r.add_argument("--devices", default=1, type=lambda s: int(s) if s.isdigit() else s)
     r.add_argument("--dry-run", action="store_true", help="print, write nothing")
+    g = r.add_argument_group("downstream tasks (--task)")
+    g.add_argument("--task", default=None, help="comma list: classification, detection, segmentation; scores the "
+                                               "task model on clean, corrupted (direct) and restored images; the "
+                                               "dataset defaults to `shapes`, --leaderboard is then a folder")
+    g.add_argument("--task-model", default=None, help="task network (default: the shipped shapes model; real "
+                                                     "datasets: resnet50 / fasterrcnn_resnet50_fpn / pspnet_r50-d8)")
+    g.add_argument("--task-weights", default=None, help="weights file of the task network")
+    g.add_argument("--n-images", type=int, default=None, help="images per task (shapes default 300/150/150)")
+    g.add_argument("--batch-size", type=int, default=16)
+    g.add_argument("--tile", type=int, default=None, help="restore images larger than this in overlapping tiles")
+    g.add_argument("--imagenet-c-resave", action="store_true", help="re-save each JPEG at quality 85, as the "
+                                                                    "released ImageNet-C files were")
+    g.add_argument("--wnids", default=None, help="ImageNet: file listing the model's 1000 wnids in class order")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)
 
@@ -133,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a method preset and save its checkpoint")
     t.add_argument("--method", default="dncnn")
+    t.add_argument("--task", default=None, choices=["classification", "detection", "segmentation"],
+                   help="train the compact shapes task model instead of a restorer")
+    t.add_argument("--model", default=None, help="with --task: shapes-cnn, shapes-frcnn or shapes-pspnet")
     t.add_argument("--preset", default=None)
     t.add_argument("--steps", type=int, default=None)
     t.add_argument("--batch-size", type=int, default=None)

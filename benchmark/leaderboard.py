@@ -15,6 +15,10 @@ FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passe
 FIDELITY_COLUMNS = FIDELITY_KEY[:-1] + [
     "n_images", "n_skipped", "psnr", "ssim", "psnrb", "bpp", "source", "weights", "codec_lib",
     "carbench_version", "git_commit", "created_at"]
+TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
+            "source"]
+TASK_COLUMNS = TASK_KEY[:-2] + ["metric", "value", "n_images", "source", "model_weights", "weights", "codec_lib",
+                                "carbench_version", "git_commit", "created_at"]
 LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
 
 

@@ -47,3 +47,34 @@ def fidelity_value(method: str, dataset: str, channels: str, codec: str, qf: str
     in_reference = [(p, t) in REFERENCE_TABLES for p, t in zip(sel.paper, sel.table)]
     values = {float(v) for v, ok in zip(sel.value, in_reference) if ok}
     return values.pop() if len(values) == 1 else None
+
+
+# downstream: (task, carbench dataset kind, metric) -> (published table file, dataset, metric); ImageNet-C rows are
+# the JPEG protocol on 224 crops, which carbench runs on any ImageNet layout
+PUBLISHED_TASK = {
+    ("detection", "coco", "map"): ("downstream", "ms-coco", "bbox_map"),
+    ("segmentation", "voc", "mIoU"): ("downstream", "pascal-voc", "miou"),
+    ("classification", "imagenet", "top1"): ("classification", "imagenet-c", "top1"),
+    ("classification", "imagenet-flat", "top1"): ("classification", "imagenet-c", "top1"),
+}
+
+
+def task_value(task: str, dataset_kind: str, model: str, method: str, codec: str, qf: str, metric: str) -> float | None:
+    """The published downstream value (percent) for a measured row, when exactly one paper row matches; else None.
+    `direct` is the papers' `jpeg`/`direct` row; classification rows must also match the backbone."""
+    target = PUBLISHED_TASK.get((task, dataset_kind, metric))
+    if target is None or not qf:
+        return None
+    df = load(target[0])
+    if df.empty:
+        return None
+    if target[0] == "downstream":
+        names = {"jpeg", "direct"} if method == "direct" else {method}
+        sel = df[(df.task == task) & (df.dataset == target[1]) & (df.metric == target[2]) & (df.qf == str(qf))
+                 & df.method.isin(names)]
+        values = {float(v) for v in sel.value}
+    else:
+        sel = df[(df.dataset == target[1]) & (df.backbone == model) & (df.codec == codec) & (df.qf == str(qf))
+                 & (df.method == method)]
+        values = {float(v) for v in sel.top1}
+    return values.pop() if len(values) == 1 else None

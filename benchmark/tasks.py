@@ -78,7 +78,7 @@ def _rows(state, width: int) -> torch.Tensor:
 
 def task_metric(task: str, num_classes: int) -> Metric:
     if task == "classification":
-        return TopKAccuracy(k=(1,))
+        return TopKAccuracy(k=(1, 5) if num_classes > 5 else (1,))
     if task == "segmentation":
         return SegmentationScores(num_classes=num_classes, ignore_index=255)
     if task == "detection":

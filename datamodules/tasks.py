@@ -2,6 +2,8 @@
 segmentation, over the procedural shapes set (the embedded default)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import lightning as L
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ class ShapesTaskSet(Dataset):
         return self.n
 
     def scene(self, i: int):
-        return generate_scene(i, self.split, self.seed, max_objects=1 if self.task == "classification" else 3)
+        return _scene(i, self.split, self.seed, 1 if self.task == "classification" else 3)
 
     def __getitem__(self, i: int):
         s = self.scene(i)
@@ -46,6 +48,12 @@ class ShapesTaskSet(Dataset):
         else:
             target = {"boxes": torch.from_numpy(s.boxes), "labels": torch.from_numpy(s.labels) + 1}  # 0 = background
         return to_tensor(corrupted), to_tensor(clean), target, {"index": i}
+
+
+@lru_cache(maxsize=2048)
+def _scene(index: int, split: str, seed: int, max_objects: int):
+    """Scenes are pure functions of their arguments: one evaluation scores the same scene under every corruption."""
+    return generate_scene(index, split, seed, max_objects=max_objects)
 
 
 def collate(batch):
@@ -67,8 +75,9 @@ class ShapesTrainModule(L.LightningDataModule):
         self.jpeg_qf_range = jpeg_qf_range
 
     def train_dataloader(self):
+        # one worker draws scenes while the main process trains
         return DataLoader(ShapesTaskSet(self.task, self.n_train, "train", self.seed), batch_size=self.batch_size,
-                          shuffle=True, collate_fn=collate, num_workers=0)
+                          shuffle=True, collate_fn=collate, num_workers=1, persistent_workers=True)
 
     def val_dataloader(self):
         return DataLoader(ShapesTaskSet(self.task, self.n_val, "val", self.seed), batch_size=self.batch_size,

@@ -1,5 +1,6 @@
 """Metrics are exact across processes: 2 gloo ranks with DistributedSampler padding == 1 process."""
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -49,3 +50,70 @@ def test_two_processes_equal_one(tmp_path):
         mp.spawn(_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
         got = list(results)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+# ---- the downstream evaluator under Lightning DDP (2 CPU processes, gloo) --------------------------------------------
+TASK_N = 5  # odd again: Lightning's DistributedSampler pads rank 1 with a repeat
+
+
+def _task_net(task):
+    """The shipped shapes model: trained weights give non-trivial scores, so equality means something."""
+    from lightning_modules.task_models import create_task_model
+
+    return create_task_model(task).net
+
+
+def _task_results(task, world, rank=0):
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from benchmark.tasks import TaskEvaluator
+    from datamodules.corruptions import Corruption
+    from datamodules.shapes import CLASSES
+    from datamodules.tasks import ShapesTaskSet, collate
+    from lightning_modules import create
+
+    torch.set_num_threads(1)
+    corruptions = [None, Corruption("jpeg", (10,))]
+    loaders = [DataLoader(ShapesTaskSet(task, TASK_N, corruption=c), batch_size=2, collate_fn=collate)
+               for c in corruptions]
+    restorer = create("dncnn") if task == "classification" else None
+    ev = TaskEvaluator(task, _task_net(task), len(corruptions), len(CLASSES) + 1, restorer)
+    kw = dict(strategy="ddp", devices=world) if world > 1 else dict(devices=1)
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+              **kw).test(ev, loaders, verbose=False)
+    return ev.results
+
+
+def _task_worker(rank, world, port, task, results):
+    import os
+
+    # what torchrun sets: Lightning then joins these processes instead of launching its own
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    out = _task_results(task, world, rank)
+    if rank == 0:
+        results.append(out)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_task_evaluator_two_ddp_processes_equal_one(task):
+    single = _task_results(task, 1)
+    assert [r["n_images"] for r in single] == [TASK_N, TASK_N]
+    with mp.Manager() as manager:
+        results = manager.list()
+        mp.spawn(_task_worker, args=(2, _free_port(), task, results), nprocs=2, join=True)
+        (ddp,) = list(results)
+    assert [r["n_images"] for r in ddp] == [TASK_N, TASK_N]  # the padded repeat counted once
+    for a, b in zip(ddp, single):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k] == pytest.approx(b[k], abs=1e-9, nan_ok=True), (k, a[k], b[k])

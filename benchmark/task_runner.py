@@ -1,0 +1,247 @@
+"""Downstream runs: for each task, corrupt -> (restore | nothing) -> task model -> task metric.
+
+Per task, one `direct` job scores the uncorrupted images (`clean` rows) and every corruption without restoration
+(`direct` rows); then one job per restorer scores its restored images. A failing job is reported with its culprit
+and the others go on. Rows are long-format (one metric per row, values in percent) for `leaderboards/<task>.csv`.
+
+Datasets: `shapes` (procedural, embedded; task models shipped) or a real layout `kind:PATH`:
+`imagenet:DIR` (wnid folders), `imagenet-flat:DIR` (`<wnid>_*.JPEG`), `cub200:DIR`, `flowers102:DIR` for
+classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC2012) for segmentation.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.corruptions import Corruption, CorruptionCache, apply, codec_versions
+from datamodules.sources import ImageRecord
+from datamodules.tasks import TASKS, ShapesTaskSet, collate
+from lightning_modules import create
+from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
+
+from . import leaderboard
+from .runner import JobFailure, progress_bar, quiet_lightning
+from .tasks import TaskEvaluator
+
+DIRECT, CLEAN = "direct", "clean"
+NO_RESTORATION = {"jpeg", "direct", "none"}  # names that mean "score the corrupted image as it is"
+REAL_DATASETS = {"imagenet": "classification", "imagenet-flat": "classification", "cub200": "classification",
+                 "flowers102": "classification", "coco": "detection", "voc": "segmentation"}
+METRICS = {"classification": ("top1", "top5"), "detection": ("map", "map_50", "map_75"),
+           "segmentation": ("mIoU", "mAcc", "aAcc")}
+
+
+@dataclass
+class TaskRequest:
+    tasks: list[str]
+    methods: list[str]
+    corruptions: list[Corruption]
+    dataset: str = "shapes"
+    n_images: int | None = None  # shapes: scenes per task (default SHAPES_N); real sets: the first n (None = all)
+    seed: int = 0
+    task_model: str | None = None
+    task_weights: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    batch_size: int = 16
+    tile: int | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    progress: bool = True
+    imagenet_c_resave: bool = False
+    wnids: str | None = None
+
+
+SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
+
+
+# ---- real layouts: (clean uint8 CHW, target, index) items under one corruption --------------------------------------
+class CorruptedSet(Dataset):
+    """Wraps a dataset of clean items into (corrupted, clean, target, {"index"}) under one corruption (None = clean)."""
+
+    def __init__(self, clean_items: Dataset, corruption: Corruption | None, cache: CorruptionCache, name: str):
+        self.items, self.corruption, self.cache, self.name = clean_items, corruption, cache, name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        clean, target = self.items[i]
+        if self.corruption is None:
+            return clean, clean, target, {"index": i}
+        px = np.ascontiguousarray(clean.permute(1, 2, 0).numpy())
+        digest = ImageRecord(f"{self.name}-{i}", px).digest
+        out, _ = self.cache.get(px, digest, self.corruption) if self.cache.enabled else apply(px, self.corruption,
+                                                                                              digest)
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous(), clean, target, {"index": i}
+
+
+class CleanItems(Dataset):
+    """Clean `(uint8 CHW image, target)` items of a real layout (the first `n`); classification images are
+    ImageNet-C's 224 centre crops, detection targets keep boxes and COCO category ids."""
+
+    def __init__(self, kind: str, root: str, n: int | None = None, wnids: str | None = None):
+        if kind in ("imagenet", "imagenet-flat", "cub200", "flowers102"):
+            from . import classification as C
+
+            layout = {"imagenet": C.imagenet_folders, "imagenet-flat": C.imagenet_flat,
+                      "cub200": C.cub200, "flowers102": C.flowers102}[kind]
+            labeled = layout(root, wnids) if kind.startswith("imagenet") else layout(root)
+            self.base = C.ClassificationSet(labeled.samples)
+        elif kind == "coco":
+            from .detection import CocoDetection
+
+            self.base = CocoDetection(root)
+        elif kind == "voc":
+            from .segmentation import VOCSegmentation
+
+            self.base = VOCSegmentation(root)
+        else:
+            raise ValueError(f"unknown dataset kind {kind!r}: use one of {', '.join(REAL_DATASETS)}")
+        self.kind, self.n = kind, len(self.base) if n is None else min(n, len(self.base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        item = self.base[i]
+        if self.kind == "coco":
+            return item[0], {"boxes": item[1]["boxes"], "labels": item[1]["labels"]}
+        if self.kind == "voc":
+            return item[0], item[1]
+        return item[0], torch.tensor(item[1])
+
+
+def parse_dataset(spec: str) -> tuple[str, str | None]:
+    if spec == "shapes":
+        return "shapes", None
+    kind, sep, root = spec.partition(":")
+    if not sep or kind not in REAL_DATASETS or not root:
+        raise ValueError(f"dataset {spec!r}: use `shapes` or KIND:PATH with KIND one of {', '.join(REAL_DATASETS)}")
+    return kind, root
+
+
+def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache):
+    kind, root = parse_dataset(req.dataset)
+    if kind == "shapes":
+        n = req.n_images or SHAPES_N[task]
+        sets = [ShapesTaskSet(task, n, "test", req.seed, c, cache) for c in corruptions]
+        bs = req.batch_size
+    else:
+        if REAL_DATASETS[kind] != task:
+            raise ValueError(f"dataset {req.dataset!r} is a {REAL_DATASETS[kind]} set, not {task}")
+        items = CleanItems(kind, root, req.n_images, req.wnids)
+        sets = [CorruptedSet(items, c, cache, kind) for c in corruptions]
+        bs = req.batch_size if task == "classification" else 1  # real detection/segmentation images differ in size
+    return [DataLoader(s, batch_size=bs, collate_fn=collate, num_workers=0) for s in sets]
+
+
+def _resaved(c: Corruption, resave: bool) -> Corruption:
+    """ImageNet-C's released files: the JPEG corruption, then a re-save at quality 85."""
+    from .classification import IMAGENET_C_RESAVE_QF
+
+    return Corruption(c.codec, c.qf + (IMAGENET_C_RESAVE_QF,), subsampling=c.subsampling, seed=c.seed) if resave else c
+
+
+def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]]:
+    """-> ({task: rows}, failures)."""
+    quiet_lightning()
+    for t in req.tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}: use {', '.join(TASKS)}")
+    kind, _ = parse_dataset(req.dataset)
+    corruptions = [_resaved(c, req.imagenet_c_resave and kind != "shapes") for c in req.corruptions]
+    restorers = [m for m in dict.fromkeys(req.methods) if m not in NO_RESTORATION]
+    cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
+    versions = codec_versions()
+    rows: dict[str, list[dict]] = {t: [] for t in req.tasks}
+    failures: list[JobFailure] = []
+    for task in req.tasks:
+        try:
+            model_name = req.task_model or (None if kind == "shapes" else DEFAULT_REAL_MODEL[task])
+            tm = create_task_model(task, model_name, req.task_weights)
+        except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
+            failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
+            continue
+        for method in [DIRECT] + restorers:
+            t0 = time.time()
+            job = [None] + corruptions if method == DIRECT else list(corruptions)
+            try:
+                restorer = None if method == DIRECT else create(method, req.preset, req.weights)
+                loaders = _loaders(task, req, job, cache)
+                ev = TaskEvaluator(task, tm.net, len(job), tm.num_classes, restorer, req.tile)
+                trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
+                                    logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                    enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
+                                    inference_mode=True)
+                trainer.test(ev, dataloaders=loaders, verbose=False)
+            except Exception as e:  # noqa: BLE001
+                failures.append(JobFailure(f"{task}/{method}", req.dataset, f"{type(e).__name__}: {e}"))
+                continue
+            if trainer.global_rank != 0:
+                continue
+            seconds = time.time() - t0
+            for c, res in zip(job, ev.results):
+                rows[task] += _rows(task, tm, method, restorer, req, c, res, versions, seconds)
+    return rows, failures
+
+
+def _rows(task, tm, method, restorer, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):
+    if c is None:
+        method_name, preset, codec, qf, passes, sub = CLEAN, "", "none", "", 0, ""
+    else:
+        method_name = DIRECT if restorer is None else restorer.method_name
+        preset = "" if restorer is None else restorer.preset_name
+        codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
+    lib = f"libavif {versions['libavif']}" if codec == "avif" else f"libjpeg-turbo {versions['libjpeg_turbo']}"
+    base = {
+        "task": task, "model": tm.name, "method": method_name, "preset": preset, "dataset": req.dataset,
+        "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
+        "source": "measured", "model_weights": tm.weights, "weights": "" if restorer is None else restorer.weights_path,
+        "codec_lib": f"{lib}; pillow {versions['pillow']}" if c is not None else "",
+        "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
+        "created_at": leaderboard.now(), "seconds": round(seconds, 1),
+    }
+    scale = 1.0 if task == "classification" else 100.0  # every value in percent, as the papers print them
+    out = []
+    for metric in METRICS[task]:
+        if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
+            out.append({**base, "metric": metric, "value": scale * res[metric]})
+    return out
+
+
+def format_task_table(task: str, rows: list[dict]) -> str:
+    """Wide table per task: one line per (method, corruption), metrics as columns, Δ vs `direct` on the first, and
+    the published value of the first metric where a paper reports this protocol (direct rows and `.paper` presets)."""
+    from .published import task_value
+
+    if not rows:
+        return f"{task}: (no results)"
+    metrics = [m for m in METRICS[task] if any(r["metric"] == m for r in rows)]
+    lines: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
+        lines.setdefault(key, {"n": r["n_images"]})[r["metric"]] = r["value"]
+    direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] == DIRECT}
+    header = ["model", "method", "preset", "codec", "qf", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
+    table = []
+    for k, v in lines.items():
+        ref = direct.get((k[0], k[3], k[4], k[5], k[6]))
+        delta = "" if ref is None or k[1] == DIRECT else f"{v[metrics[0]] - ref[metrics[0]]:+.2f}"
+        paper = None
+        if k[1] == DIRECT or k[2] == "paper":
+            paper = task_value(task, k[6].partition(":")[0], k[0], k[1], k[3], str(k[4]), metrics[0])
+        table.append([k[0], k[1], k[2], k[3], str(k[4]), str(v["n"]),
+                      *(f"{v[m]:.2f}" if m in v else "-" for m in metrics), delta, "" if paper is None else f"{paper:g}"])
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([f"[{task}] {rows[0]['dataset']} (percent)", fmt(header), fmt(["-" * w for w in widths]),
+                      *map(fmt, table)])
