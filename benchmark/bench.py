@@ -4,6 +4,8 @@
 2. corruption cache: warm re-run vs cold first run of `CorruptionCache` (goal >= 20x)
 3. metrics on a batch: `benchmark.metrics` psnr/ssim/psnrb vs scikit-image, pyiqa and a plain-numpy PSNR-B
    (goal >= 3x faster, equal values)
+4. detection mAP: carbench's `DetectionMAP` vs torchmetrics' MeanAveragePrecision, each with pycocotools and (when
+   installed) faster_coco_eval, on the same detections (equal numbers required)
 
 Timings are best-of-`--repeat` wall-clock (time.perf_counter); nothing is hard-coded and nothing is asserted, the
 numbers are only printed. Importing this module does nothing.
@@ -234,6 +236,59 @@ def bench_metrics(records, n: int, repeat: int) -> None:
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------
+def synthetic_detections(n_images: int, seed: int = 0, n_gt: int = 8, n_det: int = 50, n_classes: int = 10):
+    """Outputs/targets for a mAP benchmark: jittered copies of the ground truth plus random false positives."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    outputs, targets = [], []
+    for _ in range(n_images):
+        xy = torch.rand(n_gt, 2, generator=g) * 400
+        gt = torch.cat([xy, xy + 20 + torch.rand(n_gt, 2, generator=g) * 100], 1)
+        labels = torch.randint(1, n_classes + 1, (n_gt,), generator=g)
+        hits = gt + torch.randn(n_gt, 4, generator=g) * 6
+        xy = torch.rand(n_det - n_gt, 2, generator=g) * 400
+        noise = torch.cat([xy, xy + 20 + torch.rand(n_det - n_gt, 2, generator=g) * 100], 1)
+        outputs.append({"boxes": torch.cat([hits, noise]), "scores": torch.rand(n_det, generator=g),
+                        "labels": torch.cat([labels, torch.randint(1, n_classes + 1, (n_det - n_gt,), generator=g)])})
+        targets.append({"boxes": gt, "labels": labels})
+    return outputs, targets
+
+
+def bench_map(n_images: int, repeat: int) -> None:
+    """COCO bbox mAP: our COCOeval path (`benchmark.tasks.DetectionMAP`) vs torchmetrics' MeanAveragePrecision with
+    the pycocotools and faster_coco_eval backends, on the same detections."""
+    import importlib.util
+
+    import torch
+
+    from .detection import torchmetrics_map
+    from .tasks import DetectionMAP
+
+    outputs, targets = synthetic_detections(n_images)
+
+    def ours(backend):
+        m = DetectionMAP(backend=backend)
+        m.update(outputs, targets, torch.arange(n_images))
+        return m.compute()
+
+    runs = [("carbench DetectionMAP, pycocotools", lambda: ours("pycocotools")),
+            ("torchmetrics, pycocotools", lambda: torchmetrics_map(outputs, targets, backend="pycocotools"))]
+    if importlib.util.find_spec("faster_coco_eval") is not None:
+        runs += [("carbench DetectionMAP, faster_coco_eval", lambda: ours("faster_coco_eval")),
+                 ("torchmetrics, faster_coco_eval",
+                  lambda: torchmetrics_map(outputs, targets, backend="faster_coco_eval"))]
+    print(f"\n[4] detection mAP: {n_images} images x 50 detections, 8 boxes, 10 classes")
+    base_t, base_v = None, None
+    for name, fn in runs:
+        t, v = _best_of(fn, repeat)
+        base_t, base_v = (t, v) if base_t is None else (base_t, base_v)
+        print(f"    {name:<34}{_ms(t)}   mAP {v['map']:.6f}  AP50 {v['map_50']:.6f}   "
+              f"time vs ours {t / base_t:.2f}x   |dmAP| {abs(v['map'] - base_v['map']):.1e}")
+    if len(runs) == 2:
+        print("    faster_coco_eval not installed (pip install faster-coco-eval) -- its backend not measured")
+
+
 def main(args) -> int:
     import torch
 
@@ -254,5 +309,6 @@ def main(args) -> int:
     bench_corruption(records, repeat)
     bench_cache(records, repeat)
     bench_metrics(samples, n_images, repeat)
+    bench_map(int(getattr(args, "map_images", 500)), repeat)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0

@@ -75,18 +75,13 @@ def cmd_run(args) -> int:
 
 
 def _run_tasks(args, methods, corruptions) -> int:
-    from datamodules.tasks import TASKS
-
     from . import leaderboard
-    from .task_runner import TaskRequest, format_task_table, parse_dataset, run_tasks
+    from .task_runner import TaskRequest, check_request, format_task_table, run_tasks
 
     tasks = _csv(args.task)
     dataset = "shapes" if args.dataset == "samples" else args.dataset
-    unknown = [t for t in tasks if t not in TASKS]
     try:
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
-        parse_dataset(dataset)
+        check_request(tasks, dataset)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -104,7 +99,11 @@ def _run_tasks(args, methods, corruptions) -> int:
             path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
         print(format_task_table(task, task_rows))
         if path is not None:
-            print(f"{len(task_rows)} rows -> {path}\n")
+            from .plots import plot_task_board
+            from .task_runner import METRICS
+
+            png = plot_task_board(path, METRICS[task][0], path.with_suffix(".png"), dataset)
+            print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") + "\n")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
     print(f"done in {time.time() - t0:.1f} s")
@@ -209,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="throughput benchmarks (prints ratios measured in one run)")
     b.add_argument("--images", type=int, default=6)
     b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--map-images", type=int, default=500, help="images in the detection mAP benchmark")
     b.set_defaults(func=cmd_bench)
     return p
 

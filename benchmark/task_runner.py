@@ -129,6 +129,18 @@ def parse_dataset(spec: str) -> tuple[str, str | None]:
     return kind, root
 
 
+def check_request(tasks: list[str], dataset: str) -> str:
+    """Fail fast on task names and on a dataset that cannot serve a task; -> the dataset kind."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
+    kind, _ = parse_dataset(dataset)
+    wrong = [t for t in tasks if kind != "shapes" and REAL_DATASETS[kind] != t]
+    if wrong:
+        raise ValueError(f"dataset {dataset!r} is a {REAL_DATASETS[kind]} set, not {', '.join(wrong)}")
+    return kind
+
+
 def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache):
     kind, root = parse_dataset(req.dataset)
     if kind == "shapes":
@@ -136,8 +148,6 @@ def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], 
         sets = [ShapesTaskSet(task, n, "test", req.seed, c, cache) for c in corruptions]
         bs = req.batch_size
     else:
-        if REAL_DATASETS[kind] != task:
-            raise ValueError(f"dataset {req.dataset!r} is a {REAL_DATASETS[kind]} set, not {task}")
         items = CleanItems(kind, root, req.n_images, req.wnids)
         sets = [CorruptedSet(items, c, cache, kind) for c in corruptions]
         bs = req.batch_size if task == "classification" else 1  # real detection/segmentation images differ in size
@@ -154,10 +164,7 @@ def _resaved(c: Corruption, resave: bool) -> Corruption:
 def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]]:
     """-> ({task: rows}, failures)."""
     quiet_lightning()
-    for t in req.tasks:
-        if t not in TASKS:
-            raise ValueError(f"unknown task {t!r}: use {', '.join(TASKS)}")
-    kind, _ = parse_dataset(req.dataset)
+    kind = check_request(req.tasks, req.dataset)
     corruptions = [_resaved(c, req.imagenet_c_resave and kind != "shapes") for c in req.corruptions]
     restorers = [m for m in dict.fromkeys(req.methods) if m not in NO_RESTORATION]
     cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)

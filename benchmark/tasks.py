@@ -5,6 +5,7 @@ Metrics are exact under DDP: every update carries image ids and repeated ids (sa
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch import nn
@@ -12,7 +13,7 @@ from torchmetrics import Metric
 
 from .classification import TopKAccuracy
 from .metrics import PerImageMean
-from .detection import _quiet, coco_map, to_coco_detections
+from .detection import _quiet, coco_map
 from .segmentation import SegmentationScores
 
 
@@ -24,8 +25,9 @@ class DetectionMAP(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, **kwargs):
+    def __init__(self, backend: str = "auto", **kwargs):
         super().__init__(**kwargs)
+        self.backend = backend  # COCOeval implementation (detection.coco_map)
         # rows: (block, image_id, x1, y1, x2, y2, score, label) and (block, image_id, x1, y1, x2, y2, label);
         # `block` is unique per (process, scored image), so a repeated image is recognised whatever its neighbours
         self.add_state("dets", default=[], dist_reduce_fx="cat")
@@ -45,17 +47,20 @@ class DetectionMAP(Metric):
                                        tgt["labels"].float().cpu()[:, None]], 1).double())
 
     def compute(self) -> dict[str, float]:
-        first: dict[int, float] = {}  # image id -> the block that counts
-        for rows in (_rows(self.gts, 7), _rows(self.dets, 8)):
-            for block, image in rows[:, :2].tolist():
-                first.setdefault(int(image), block)
-        keep = lambda rows: rows[[first[int(i)] == b for b, i in rows[:, :2].tolist()]][:, 1:]  # noqa: E731
-        gts, dets = keep(_rows(self.gts, 7)), keep(_rows(self.dets, 8))
-        images = sorted(first)
-        labels = sorted({int(r[5]) for r in gts.tolist()} | {int(r[6]) for r in dets.tolist()})
+        gts, dets = _rows(self.gts, 7).numpy(), _rows(self.dets, 8).numpy()
+        heads = np.concatenate([gts[:, :2], dets[:, :2]])  # (block, image) in arrival order
+        images, first_row = np.unique(heads[:, 1], return_index=True)
+        first_block = dict(zip(images.tolist(), heads[first_row, 0].tolist()))  # image id -> the block that counts
+
+        def keep(rows):
+            counted = np.array([first_block[i] == b for b, i in rows[:, :2].tolist()], dtype=bool)
+            return rows[counted.reshape(-1)][:, 1:]
+
+        gts, dets = keep(gts), keep(dets)
+        labels = sorted(set(gts[:, 5].astype(int).tolist()) | set(dets[:, 6].astype(int).tolist()))
         coco = COCO()
         coco.dataset = {
-            "images": [{"id": i} for i in images],
+            "images": [{"id": int(i)} for i in images],
             "categories": [{"id": c} for c in labels],
             "annotations": [{"id": k + 1, "image_id": int(r[0]), "category_id": int(r[5]), "iscrowd": 0,
                              "bbox": [r[1], r[2], r[3] - r[1], r[4] - r[2]], "area": (r[3] - r[1]) * (r[4] - r[2])}
@@ -63,11 +68,9 @@ class DetectionMAP(Metric):
         }
         with _quiet():
             coco.createIndex()
-        preds = []
-        for r in dets.tolist():
-            preds += to_coco_detections(int(r[0]), {"boxes": torch.tensor([r[1:5]]), "scores": torch.tensor([r[5]]),
-                                                    "labels": torch.tensor([int(r[6])])})
-        return coco_map(preds, coco, images)
+        preds = [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": [r[1], r[2], r[3] - r[1], r[4] - r[2]],
+                  "score": r[5]} for r in dets.tolist()]
+        return coco_map(preds, coco, images.astype(int).tolist(), self.backend)
 
 
 def _rows(state, width: int) -> torch.Tensor:

@@ -49,7 +49,7 @@ def train(method: str, preset: str | None = None, steps: int | None = None, batc
     meta = {"method": entry.name, "preset": preset_name, "seed": seed, "train_data": dm.source_name,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
             "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1),
-            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
+            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
             "torch": str(torch.__version__)}
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     torch.save({"state_dict": state, "carbench": meta}, out_path)
@@ -60,7 +60,7 @@ def train(method: str, preset: str | None = None, steps: int | None = None, batc
 # task models for the shapes set: one table of defaults (CLI flags override)
 TASK_TRAIN_DEFAULTS = {
     "classification": dict(steps=600, batch_size=32, lr=3e-3),
-    "detection": dict(steps=800, batch_size=8, lr=2e-3),
+    "detection": dict(steps=2400, batch_size=8, lr=2e-3),
     "segmentation": dict(steps=600, batch_size=16, lr=3e-3),
 }
 
@@ -98,7 +98,7 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
     meta = {"task": task, "model": name, "seed": seed, "train_data": f"shapes train split (seed {seed}, "
             f"{cfg['steps'] * cfg['batch_size']} scenes drawn from {n_train})", "config": cfg, "val": scores,
             "train_seconds": round(time.time() - t0, 1),
-            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else "",
+            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
             "torch": str(torch.__version__)}
     state = {k: v.detach().cpu().clone() for k, v in _unwrap(net).state_dict().items()}
     torch.save({"state_dict": state, "carbench": meta}, out_path)

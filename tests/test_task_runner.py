@@ -223,3 +223,19 @@ def test_mmseg_adapter_without_mmcv_points_to_the_native_model():
         pytest.skip("mmseg and mmcv's ops import here: the adapter's error path cannot be exercised")
     with pytest.raises(TaskModelError, match="native `pspnet_r50-d8`"):
         create_task_model("segmentation", "mmseg:pspnet_r50-d8_512x512_20k_voc12aug.py", "x.pth")
+
+
+def test_plot_draws_the_board_values(tmp_path):
+    from benchmark.plots import plot_task_board, task_series
+
+    rows = [{"task": "classification", "model": "m", "method": "clean", "preset": "", "dataset": "shapes",
+             "codec": "none", "qf": "", "passes": 0, "metric": "top1", "value": 97.0}]
+    for method, preset, values in (("direct", "", (80.0, 90.0)), ("dncnn", "compact", (82.0, 91.0))):
+        rows += [{"task": "classification", "model": "m", "method": method, "preset": preset, "dataset": "shapes",
+                  "codec": "jpeg", "qf": str(q), "passes": 1, "metric": "top1", "value": v}
+                 for q, v in zip((20, 10), values[::-1])]
+    board = leaderboard.upsert(tmp_path / "classification.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    assert task_series(board, "top1") == {"clean": 97.0, "direct": [(10, 80.0), (20, 90.0)],
+                                          "dncnn.compact": [(10, 82.0), (20, 91.0)]}
+    png = plot_task_board(board, "top1", tmp_path / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
