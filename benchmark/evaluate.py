@@ -38,8 +38,7 @@ class FidelityEvaluator(L.LightningModule):
         self.results = []
         for scores, bpp in zip(self.scores, self.bpp):
             values = {k: float(v) for k, v in scores.compute().items()}
-            ids, _ = scores["psnr"].per_image()
-            values["n_images"] = int(len(ids))
+            values["n_images"] = scores["psnr"].n_images()
             values["bpp"] = float(bpp.compute())
             self.results.append(values)
             scores.reset()

@@ -193,6 +193,12 @@ class _PerImageMean(Metric):
         _, values = self.per_image()
         return values.mean()
 
+    def n_images(self) -> int:
+        """Distinct images scored, over all processes (`per_image` alone sees this process's state)."""
+        with self.sync_context():
+            ids, _ = self.per_image()
+        return int(len(ids))
+
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     uniq, inverse = torch.unique(ids, return_inverse=True)

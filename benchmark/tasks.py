@@ -144,7 +144,7 @@ class TaskEvaluator(L.LightningModule):
         for metric, seen in zip(self.scores, self.seen):
             values = metric.compute()
             values = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor) or v.numel() == 1}
-            values["n_images"] = int(len(seen.per_image()[0]))
+            values["n_images"] = seen.n_images()
             self.results.append(values)
             metric.reset()
             seen.reset()

@@ -33,7 +33,7 @@ def _worker(rank, world, init_file, results):
         clean, out = pairs[i]
         for m in metrics:
             m.update(out, clean, ids=torch.tensor([i]))
-    values = [float(m.compute()) for m in metrics]
+    values = [float(m.compute()) for m in metrics] + [metrics[0].n_images()]  # counted over both ranks
     if rank == 0:
         results.extend(values)
     dist.barrier()
@@ -42,7 +42,7 @@ def _worker(rank, world, init_file, results):
 
 def test_two_processes_equal_one(tmp_path):
     pairs = make_pairs()
-    expected = [np.mean([float(fn(o, c)) for c, o in pairs]) for fn in (psnr, ssim, psnrb)]
+    expected = [np.mean([float(fn(o, c)) for c, o in pairs]) for fn in (psnr, ssim, psnrb)] + [N_IMAGES]
     sampler = DistributedSampler(range(N_IMAGES), num_replicas=2, rank=1, shuffle=False)
     assert list(sampler).count(0) == 1 and len(list(sampler)) == 3  # padding happens
     with mp.Manager() as manager:
