@@ -89,7 +89,8 @@ def _run_tasks(args, methods, corruptions) -> int:
                       seed=args.seed, task_model=args.task_model, task_weights=args.task_weights, preset=args.preset,
                       weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
                       use_cache=not args.no_cache, accelerator=args.accelerator, devices=args.devices,
-                      progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids)
+                      progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids,
+                      seg_mode=args.seg_mode)
     t0 = time.time()
     rows, failures = run_tasks(req)
     for task, task_rows in rows.items():
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tile", type=int, default=None, help="restore images larger than this in overlapping tiles")
     g.add_argument("--imagenet-c-resave", action="store_true", help="re-save each JPEG at quality 85, as the "
                                                                     "released ImageNet-C files were")
+    g.add_argument("--seg-mode", default="whole", choices=["whole", "slide"], help="PSPNet inference as mmseg's "
+                                                                                 "test_cfg mode (real models)")
     g.add_argument("--wnids", default=None, help="ImageNet: file listing the model's 1000 wnids in class order")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=cmd_run)

@@ -28,6 +28,8 @@ import torch
 from torch.utils.data import Dataset
 from torchmetrics import Metric
 
+from lightning_modules.pspnet import mmseg_test_size  # noqa: F401 -- re-exported: VOC's test resize
+
 VOC_NUM_CLASSES = 21
 IGNORE_INDEX = 255
 
@@ -97,13 +99,6 @@ def collate_list(batch):
     """Collate variable-size items into (list of images, list of masks, list of metas)."""
     images, masks, metas = zip(*batch)
     return list(images), list(masks), list(metas)
-
-
-def mmseg_test_size(h: int, w: int, scale: tuple[int, int] = (2048, 512)) -> tuple[int, int]:
-    """(new_h, new_w) of mmseg's keep-ratio test `Resize(scale=(2048, 512))` (mmcv `rescale_size`): the largest
-    size whose long side <= max(scale) and short side <= min(scale), rounded with int(x + 0.5)."""
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * factor + 0.5), int(w * factor + 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ class TaskRequest:
     progress: bool = True
     imagenet_c_resave: bool = False
     wnids: str | None = None
+    seg_mode: str = "whole"  # real PSPNet: mmseg's 'whole' or 'slide' inference
 
 
 SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
@@ -175,6 +176,8 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
         try:
             model_name = req.task_model or (None if kind == "shapes" else DEFAULT_REAL_MODEL[task])
             tm = create_task_model(task, model_name, req.task_weights)
+            if hasattr(tm.net, "mode"):  # MMSegInference
+                tm.net.mode = req.seg_mode
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
             failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
             continue

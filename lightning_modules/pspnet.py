@@ -25,7 +25,7 @@ Input convention (mmseg's data preprocessor for these configs): RGB, 0..255 scal
 mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375). `normalize(x01)` maps [0, 1] RGB to that.
 `PSPNet.forward` returns logits at the input resolution (bilinear, align_corners=False), as mmseg's
 `encode_decode` does. mmseg's VOC PSPNet configs test in 'whole' mode after resizing the image with keep-ratio to
-fit (2048, 512) (see `benchmark.segmentation.mmseg_test_size`); `slide_inference` is mmseg's sliding-window mode.
+fit (2048, 512) (see `mmseg_test_size`; `task_models.MMSegInference` runs that pipeline); `slide_inference` is mmseg's sliding-window mode.
 """
 from __future__ import annotations
 
@@ -315,6 +315,13 @@ def load_mmseg_checkpoint(path: str | os.PathLike, model: PSPNet | None = None) 
 # inference as mmseg's EncoderDecoder does it
 
 
+def mmseg_test_size(h: int, w: int, scale: tuple[int, int] = (2048, 512)) -> tuple[int, int]:
+    """(new_h, new_w) of mmseg's keep-ratio test `Resize(scale=(2048, 512))` (mmcv `rescale_size`): the largest
+    size whose long side <= max(scale) and short side <= min(scale), rounded with int(x + 0.5)."""
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
 @torch.no_grad()
 def whole_inference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """mmseg 'whole' mode: logits of the full (normalised) image at its resolution."""
@@ -373,5 +380,6 @@ def predict(model: nn.Module, x: torch.Tensor, mode: str = "whole", out_size: tu
 
 __all__ = [
     "MMSEG_MEAN", "MMSEG_STD", "VOC_CLASSES", "BasicBlock", "Bottleneck", "ConvModule", "FCNHead", "PSPHead",
-    "PSPNet", "ResNetV1c", "load_mmseg_checkpoint", "normalize", "predict", "slide_inference", "whole_inference",
+    "PSPNet", "ResNetV1c", "load_mmseg_checkpoint", "mmseg_test_size", "normalize", "predict", "slide_inference",
+    "whole_inference",
 ]

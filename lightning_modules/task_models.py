@@ -146,7 +146,7 @@ class TaskModel:
     weights: str
 
 
-class MMSegWholeInference(nn.Module):
+class MMSegInference(nn.Module):
     """mmseg's VOC test pipeline around a PSPNet: keep-ratio resize to fit `scale`, 'whole' (or 'slide') inference,
     logits resized back to the input size."""
 
@@ -155,12 +155,10 @@ class MMSegWholeInference(nn.Module):
         self.net, self.scale, self.mode = net, scale, mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .pspnet import normalize, slide_inference, whole_inference
+        from .pspnet import mmseg_test_size, normalize, slide_inference, whole_inference
 
         h, w = x.shape[-2:]
-        long_edge, short_edge = max(self.scale), min(self.scale)
-        factor = min(long_edge / max(h, w), short_edge / min(h, w))
-        size = (int(h * factor + 0.5), int(w * factor + 0.5))
+        size = mmseg_test_size(h, w, self.scale)
         y = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if size != (h, w) else x
         y = normalize(y)
         logits = whole_inference(self.net, y) if self.mode == "whole" else slide_inference(self.net, y)
@@ -222,7 +220,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             load_mmseg_checkpoint(weights, net)
         except (ValueError, FileNotFoundError) as e:
             raise TaskModelError(str(e)) from e
-        return TaskModel(MMSegWholeInference(net).eval(), name, 21, str(weights))
+        return TaskModel(MMSegInference(net).eval(), name, 21, str(weights))
     if task == "segmentation" and name.startswith("mmseg:"):
         from .mmseg_adapter import MMSegSegmenter
 

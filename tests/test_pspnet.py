@@ -376,3 +376,19 @@ def test_voc_loader(tmp_path):
         VOCSegmentation(root)[0]
     with pytest.raises(FileNotFoundError, match="nowhere"):
         VOCSegmentation(tmp_path / "nowhere")
+
+
+def test_mmseg_inference_wrapper_resizes_like_mmseg_and_back():
+    from lightning_modules.task_models import MMSegInference
+
+    net = tiny().eval()
+    x = torch.rand(1, 3, 30, 40)
+    same = MMSegInference(net, scale=(40, 30))  # the image already fits: no resize at all
+    with torch.no_grad():
+        torch.testing.assert_close(same(x), net(normalize(x)))
+    seen = []
+    net.register_forward_hook(lambda m, inp, out: seen.append(tuple(inp[0].shape[-2:])))
+    with torch.no_grad():
+        out = MMSegInference(net, scale=(2048, 512))(x)
+    assert seen[-1] == mmseg_test_size(30, 40) == (512, 683)  # short side -> 512, long side 40 * 512 / 30
+    assert out.shape == (1, 5, 30, 40)  # logits back at the image size
