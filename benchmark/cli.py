@@ -122,7 +122,17 @@ def cmd_list(args) -> int:
         preset = entry.presets[name.split(".", 1)[1]]
         default = " (default)" if name.split(".", 1)[1] == entry.default_preset else ""
         print(f"  {name:<22}{default:<11}{preset.description or entry.description}")
-    print("datasets: samples (embedded), " + ", ".join(f"{k} ({v}/)" for k, v in NAMED_DATASETS.items())
+    from lightning_modules.task_models import REAL_TASK_MODELS, SHAPES_TASK_MODELS
+
+    print("task models (--task-model):")
+    for name, spec in SHAPES_TASK_MODELS.items():
+        print(f"  {name:<25}{spec.task:<16}{spec.description} (shipped: {spec.weights})")
+    for task, names in REAL_TASK_MODELS.items():
+        for name in names:
+            print(f"  {name:<25}{task:<16}local weights file (--task-weights)")
+    print(f"  {'<timm/torchvision name>':<25}{'classification':<16}e.g. resnet50, repvgg_a2 (--task-weights or cache)")
+    print(f"  {'mmseg:CONFIG':<25}{'segmentation':<16}through mmseg itself (needs mmseg + mmcv)")
+    print("datasets: samples (embedded), shapes (embedded, --task), " + ", ".join(f"{k} ({v}/)" for k, v in NAMED_DATASETS.items())
           + ", any folder path; suffix ':y' for the MATLAB-Y gray protocol")
     return 0
 
