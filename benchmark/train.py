@@ -60,7 +60,7 @@ def train(method: str, preset: str | None = None, steps: int | None = None, batc
 # task models for the shapes set: one table of defaults (CLI flags override)
 TASK_TRAIN_DEFAULTS = {
     "classification": dict(steps=600, batch_size=32, lr=3e-3),
-    "detection": dict(steps=2400, batch_size=8, lr=2e-3),
+    "detection": dict(steps=1200, batch_size=8, lr=2e-3),
     "segmentation": dict(steps=600, batch_size=16, lr=3e-3),
 }
 
@@ -84,6 +84,7 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
     quiet_lightning()
     L.seed_everything(seed, workers=True)
     net = spec.build()
+    init = _init_detector_backbone(net) if task == "detection" else None
     module = TaskModule(net, task, lr=cfg["lr"], max_steps=cfg["steps"])
     dm = ShapesTrainModule(task, n_train=n_train, n_val=n_val, batch_size=cfg["batch_size"], seed=seed)
     trainer = L.Trainer(max_steps=cfg["steps"], accelerator=accelerator, devices=devices, logger=False,
@@ -96,7 +97,7 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
     meta = {"task": task, "model": name, "seed": seed, "train_data": f"shapes train split (seed {seed}, "
-            f"{cfg['steps'] * cfg['batch_size']} scenes drawn from {n_train})", "config": cfg, "val": scores,
+            f"{cfg['steps'] * cfg['batch_size']} scenes drawn from {n_train})", "config": cfg, "val": scores, "init": init,
             "train_seconds": round(time.time() - t0, 1),
             "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
             "torch": str(torch.__version__)}
@@ -104,6 +105,16 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
     torch.save({"state_dict": state, "carbench": meta}, out_path)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation {scores}")
     return out_path
+
+
+def _init_detector_backbone(net: torch.nn.Module) -> str:
+    """Start the detector's backbone from the trained shapes classifier (the ImageNet-pretraining of the shapes
+    world); -> what was loaded, for the checkpoint's record."""
+    from lightning_modules.task_models import create_task_model
+
+    classifier = create_task_model("classification", "shapes-cnn")
+    net.backbone.load_state_dict(classifier.net.features.state_dict())
+    return f"backbone from {classifier.weights}"
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:

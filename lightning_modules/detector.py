@@ -162,14 +162,16 @@ class CompactBackbone(nn.Sequential):
 def build_compact_detector(num_classes: int, *, widths: tuple[int, ...] = (24, 32, 48, 64),
                            anchor_sizes: tuple[int, ...] = (16, 32, 64, 128),
                            aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0), representation_size: int = 128,
-                           min_size: int = 128, max_size: int = 256, **kwargs) -> FasterRCNN:
+                           min_size: int = 128, max_size: int = 256, backbone: nn.Module | None = None,
+                           **kwargs) -> FasterRCNN:
     """A small, randomly initialised torchvision `FasterRCNN` (~0.6 M parameters, ~2.3 MB float32) for the procedural
     shapes data: one stride-8 feature map, one anchor level, RoIAlign 7x7 on it, a 2-layer MLP box head.
 
     `num_classes` counts the background (torchvision's convention): shapes' 4 classes -> 5, labels 1..4.
-    `**kwargs` go to `FasterRCNN` and override the light RPN/RoI sampling defaults set here.
+    `backbone`: any stride-8 module with `out_channels` instead of `CompactBackbone(widths)` (e.g. a pretrained
+    classifier's feature stack). `**kwargs` go to `FasterRCNN` and override the light RPN/RoI sampling defaults.
     """
-    backbone = CompactBackbone(widths)
+    backbone = CompactBackbone(widths) if backbone is None else backbone
     anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
     roi_pool = MultiScaleRoIAlign(featmap_names=["0"], output_size=7, sampling_ratio=2)
     box_head = TwoMLPHead(backbone.out_channels * 7 * 7, representation_size)

@@ -95,7 +95,11 @@ def _shapes_classifier() -> nn.Module:
 def _shapes_detector() -> nn.Module:
     from .detector import build_compact_detector
 
-    return build_compact_detector(5, widths=(16, 24, 32, 48))
+    # the backbone is shapes-cnn's feature stack (stride 8, 64 channels), initialised from its trained weights when
+    # training (as real detectors start from an ImageNet classifier); same input scaling as that classifier
+    features = ShapesClassifier(num_classes=4, width=16).features
+    features.out_channels = 64
+    return build_compact_detector(5, backbone=features, image_mean=[0.5] * 3, image_std=[0.25] * 3)
 
 
 def _shapes_pspnet() -> nn.Module:
@@ -119,7 +123,7 @@ SHAPES_TASK_MODELS = {
     "shapes-cnn": TaskModelSpec("classification", _shapes_classifier, "shapes_cnn.pt", 4,
                                 "6-layer CNN, max-pooled head (shapes classes)"),
     "shapes-frcnn": TaskModelSpec("detection", _shapes_detector, "shapes_frcnn.pt", 5,
-                                  "torchvision FasterRCNN, 7-conv stride-8 backbone, one anchor level"),
+                                  "torchvision FasterRCNN on shapes-cnn's stride-8 features, one anchor level"),
     "shapes-pspnet": TaskModelSpec("segmentation", _shapes_pspnet, "shapes_pspnet.pt", 5,
                                    "PSPNet ResNet-18-V1c-D8 at 1/4 width, PPM 1/2/3/6 (mmseg key names)"),
 }

@@ -240,3 +240,18 @@ def test_plot_draws_the_board_values(tmp_path):
                                           "dncnn.compact": [(10, 82.0), (20, 91.0)]}
     png = plot_task_board(board, "top1", tmp_path / "c.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_detector_backbone_starts_from_the_shipped_classifier():
+    from benchmark.train import _init_detector_backbone
+    from lightning_modules.task_models import SHAPES_TASK_MODELS
+
+    det = SHAPES_TASK_MODELS["shapes-frcnn"].build()
+    record = _init_detector_backbone(det)
+    cls = create_task_model("classification").net
+    assert "shapes_cnn.pt" in record
+    for (k, a), (k2, b) in zip(det.backbone.state_dict().items(), cls.features.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    # the shipped detector was trained from there: same layout, weights moved on
+    shipped = create_task_model("detection").net
+    assert shipped.backbone.state_dict().keys() == cls.features.state_dict().keys()
