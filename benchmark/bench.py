@@ -283,7 +283,7 @@ def bench_map(n_images: int, repeat: int) -> None:
     for name, fn in runs:
         t, v = _best_of(fn, repeat)
         base_t, base_v = (t, v) if base_t is None else (base_t, base_v)
-        print(f"    {name:<34}{_ms(t)}   mAP {v['map']:.6f}  AP50 {v['map_50']:.6f}   "
+        print(f"    {name:<42}{_ms(t)}   mAP {v['map']:.6f}  AP50 {v['map_50']:.6f}   "
               f"time vs ours {t / base_t:.2f}x   |dmAP| {abs(v['map'] - base_v['map']):.1e}")
     if len(runs) == 2:
         print("    faster_coco_eval not installed (pip install faster-coco-eval) -- its backend not measured")

@@ -114,7 +114,7 @@ def _init_detector_backbone(net: torch.nn.Module) -> str:
 
     classifier = create_task_model("classification", "shapes-cnn")
     net.backbone.load_state_dict(classifier.net.features.state_dict())
-    return f"backbone from {classifier.weights}"
+    return f"backbone from {Path(classifier.weights).name}"
 
 
 def _unwrap(net: torch.nn.Module) -> torch.nn.Module:
