@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -93,6 +94,8 @@ def _run_tasks(args, methods, corruptions) -> int:
                       seg_mode=args.seg_mode)
     t0 = time.time()
     rows, failures = run_tasks(req)
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 reports and writes
+        return EXIT_FAILED if failures else 0
     for task, task_rows in rows.items():
         path = None
         if task_rows and not args.dry_run:  # written first: measured rows are never lost
