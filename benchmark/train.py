@@ -18,6 +18,7 @@ from .runner import progress_bar, quiet_lightning
 # per-method training defaults (one table, pyiqa-style); CLI flags override
 TRAIN_DEFAULTS = {
     "dncnn": dict(steps=2500, batch_size=16, crop=48, lr=1e-3, qf_range=(5, 50), loss="l1"),
+    "n2n_unet": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l2"),  # paper: L2, Adam 1e-3
 }
 
 

@@ -59,7 +59,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import dncnn, identity  # noqa: F401  (built-in methods register on import)
+    from . import dncnn, identity, n2n_unet  # noqa: F401  (built-in methods register on import)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:
@@ -178,6 +178,10 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     kwargs = {**preset.kwargs, **overrides}
     net = entry.build(**kwargs)
     source = weights if weights is not None else (preset.weights if pretrained else None)
+    if source is None and pretrained and any(True for _ in net.parameters()):
+        # never score a random network as if it were the method
+        raise MethodError(f"{entry.name}.{preset_name} has no published or shipped weights: pass --weights FILE "
+                          f"(or train it: benchmark train --method {entry.name} --preset {preset_name})")
     if source is not None:
         path = Path(source)
         if weights is None:

@@ -15,7 +15,7 @@ def test_available_and_wildcards():
     names = available()
     assert {"jpeg.none", "dncnn.compact", "dncnn.paper"} <= set(names)
     assert available("dncnn*") == ["dncnn.compact", "dncnn.paper"]
-    assert available("*.paper") == ["dncnn.paper"]
+    assert available("*.paper") == ["dncnn.paper", "n2n_unet.paper"]
 
 
 def test_unknown_method_and_preset_name_the_culprit():
