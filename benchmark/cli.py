@@ -148,7 +148,8 @@ def cmd_train(args) -> int:
                    out=args.out, accelerator=args.accelerator)
         return 0
     train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator)
+          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator,
+          noise2noise=args.noise2noise)
     return 0
 
 
@@ -217,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--train-dir", default=None, help="training images (default ../shared/data/train/BSDS500_train)")
+    t.add_argument("--noise2noise", action="store_true", help="targets = a second JPEG of the same crop (no "
+                                                              "clean image; N2N U-Net's Noise2Noise mode)")
     t.add_argument("--out", default=None, help="checkpoint path (default: the preset's shipped checkpoint)")
     t.add_argument("--accelerator", default="auto")
     t.set_defaults(func=cmd_train)

@@ -64,10 +64,13 @@ class RandomCrops(Dataset):
     """Seeded training pairs: crop (aligned to the 16-pixel 4:2:0 MCU grid), then compress at a random QF.
 
     Item i is a pure function of (seed, i): same seed -> same crops, QFs and bytes, whatever the worker count.
+    `noise2noise=True`: the target is a second, independent compression of the same crop (QF drawn again), so no
+    clean image is ever seen (Noise2Noise training, N2N U-Net paper).
     """
 
     def __init__(self, records: list[ImageRecord], qf_range=(5, 50), crop: int = 64, length: int = 16000,
-                 seed: int = 0, subsampling: str = "420"):
+                 seed: int = 0, subsampling: str = "420", noise2noise: bool = False):
+        self.noise2noise = noise2noise
         self.records = [r for r in records if min(r.pixels.shape[:2]) >= crop]
         if not self.records:
             raise DatasetError(f"no training image is at least {crop}x{crop}")
@@ -89,6 +92,9 @@ class RandomCrops(Dataset):
             clean = np.ascontiguousarray(clean[:, ::-1])
         qf = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
         corrupted, _ = apply(clean, Corruption("jpeg", (qf,), subsampling=self.subsampling))
+        if self.noise2noise:
+            qf2 = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
+            clean, _ = apply(clean, Corruption("jpeg", (qf2,), subsampling=self.subsampling))
         return to_tensor(corrupted).float() / 255, to_tensor(clean).float() / 255
 
 
@@ -114,8 +120,10 @@ def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[
 
 class TrainDataModule(L.LightningDataModule):
     def __init__(self, train_dir: str | None = None, qf_range=(5, 50), crop: int = 64, batch_size: int = 16,
-                 steps: int = 1000, seed: int = 0, num_workers: int = 1, val_images: int = 8, color: bool = True):
+                 steps: int = 1000, seed: int = 0, num_workers: int = 1, val_images: int = 8, color: bool = True,
+                 noise2noise: bool = False):
         super().__init__()
+        self.noise2noise = noise2noise  # training targets only: validation always scores against clean crops
         self.train_dir, self.qf_range, self.crop, self.batch_size = train_dir, qf_range, crop, batch_size
         self.steps, self.seed, self.num_workers, self.val_images, self.color = steps, seed, num_workers, val_images, color
 
@@ -123,7 +131,8 @@ class TrainDataModule(L.LightningDataModule):
         records, self.source_name = load_train_records(self.train_dir, self.color)
         # hold out the last images for validation: never the test sets
         val, train = records[-self.val_images:], records[:-self.val_images] or records
-        self.train_set = RandomCrops(train, self.qf_range, self.crop, self.steps * self.batch_size, self.seed)
+        self.train_set = RandomCrops(train, self.qf_range, self.crop, self.steps * self.batch_size, self.seed,
+                                     noise2noise=self.noise2noise)
         self.val_set = RandomCrops(val, self.qf_range, self.crop * 2, 64, self.seed + 1)
 
     def train_dataloader(self):

@@ -16,6 +16,7 @@ class RestorerModule(L.LightningModule):
         super().__init__()
         self.net = net
         self.lr, self.loss_name, self.lr_milestones = lr, loss, tuple(lr_milestones)
+        self.betas = (0.9, 0.999)  # Adam's; a method's training recipe may set its paper's
         self.method_name, self.preset_name, self.weights_path = type(net).__name__.lower(), "", ""
 
     @property
@@ -69,7 +70,7 @@ class RestorerModule(L.LightningModule):
         self.log("val_psnr", -10 * torch.log10(mse), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.lr)
+        opt = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
         if not self.lr_milestones:
             return opt
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=0.1)

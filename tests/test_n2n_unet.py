@@ -49,3 +49,25 @@ def test_no_weights_means_an_error_not_a_random_network():
         create("n2n_unet.paper")
     with pytest.raises(MethodError, match="n2n_unet_compact.pt' not found"):
         create("n2n_unet")
+
+
+def test_noise2noise_pairs_never_contain_the_clean_crop():
+    import numpy as np
+
+    from datamodules.corruptions import Corruption, apply
+    from datamodules.fidelity import RandomCrops
+    from datamodules.sources import ImageRecord
+
+    rng = np.random.default_rng(0)
+    img = ImageRecord("r", rng.integers(0, 256, (80, 96, 3), dtype=np.uint8))
+    sup = RandomCrops([img], (10, 40), crop=32, length=4, seed=3)
+    n2n = RandomCrops([img], (10, 40), crop=32, length=4, seed=3, noise2noise=True)
+    for i in range(4):
+        (x_s, clean), (x_n, target) = sup[i], n2n[i]
+        assert torch.equal(x_s, x_n)  # same crop, same first compression
+        assert not torch.equal(target, clean)
+        clean_u8 = (clean * 255).round().byte().permute(1, 2, 0).numpy()
+        # the target is that crop compressed again at some QF of the range, and the pair repeats exactly
+        assert any(np.array_equal((target * 255).round().byte().permute(1, 2, 0).numpy(),
+                                  apply(clean_u8, Corruption("jpeg", (q,)))[0]) for q in range(10, 41))
+        assert torch.equal(n2n[i][1], target)
