@@ -9,9 +9,8 @@ to a multiple of 2^depth by `RestorerModule`.
 
 Presets:
 - `paper`: width 64 at the first level (64..1024 channels), the paper's network (31,031,875 parameters for RGB).
-- `compact`: width 12, same 23-layer structure (1.09 M parameters, 4.4 MB: under the 5 MB shipping limit), to be
-  trained by carbench (`benchmark train --method n2n_unet`); not shipped yet -- creating it without `--weights`
-  says so.
+- `compact`: width 12, same 23-layer structure (1.09 M parameters, 4.4 MB: under the 5 MB shipping limit), trained
+  by carbench (`benchmark train --method n2n_unet`, shipped `checkpoints/n2n_unet_compact.pt`).
 """
 from __future__ import annotations
 
@@ -61,7 +60,7 @@ def count_convs(net: nn.Module) -> int:
     "n2n_unet",
     presets={
         "compact": Preset(kwargs=dict(in_channels=3, width=12, depth=4), weights="n2n_unet_compact.pt",
-                          description="not shipped yet: train with `benchmark train --method n2n_unet`"),
+                          description="shipped; retrain with `benchmark train --method n2n_unet`"),
         "paper": Preset(kwargs=dict(in_channels=3, width=64, depth=4), weights=None,
                         description="the paper's 23-layer U-Net (64..1024 ch); no released weights, train it"),
     },
