@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchmetrics import Metric
 
-from benchmark.metrics import _first_occurrence
+from benchmark.metrics import first_per_id
 from datamodules.corruptions import (
     AFD_QF_SET,
     Corruption,
@@ -345,11 +345,7 @@ class TopKAccuracy(Metric):
 
     def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, correct (N, len(k)) 0/1) after removing repeated ids, sorted by id."""
-        correct = torch.cat(self.correct) if isinstance(self.correct, list) else self.correct
-        ids = torch.cat(self.ids) if isinstance(self.ids, list) else self.ids
-        anon = ids < 0
-        named_ids, first = _first_occurrence(ids[~anon])
-        return torch.cat([named_ids, ids[anon]]), torch.cat([correct[~anon][first], correct[anon]])
+        return first_per_id(self.correct, self.ids)
 
     def compute(self) -> dict[str, torch.Tensor]:
         if isinstance(self.correct, list) and not self.correct:

@@ -183,11 +183,7 @@ class _PerImageMean(Metric):
 
     def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, values) after removing repeated ids, sorted by id."""
-        values = torch.cat(self.values) if isinstance(self.values, list) else self.values
-        ids = torch.cat(self.ids) if isinstance(self.ids, list) else self.ids
-        anon = ids < 0
-        named_ids, first = _first_occurrence(ids[~anon])
-        return torch.cat([named_ids, ids[anon]]), torch.cat([values[~anon][first], values[anon]])
+        return first_per_id(self.values, self.ids)
 
     def compute(self) -> torch.Tensor:
         _, values = self.per_image()
@@ -198,6 +194,16 @@ class _PerImageMean(Metric):
         with self.sync_context():
             ids, _ = self.per_image()
         return int(len(ids))
+
+
+def first_per_id(values, ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image rows (a list state or its gathered tensor) with ids -> (ids, rows): each id once (its first row,
+    sorted by id: DDP padding repeats count once), then the anonymous rows (id < 0), which never deduplicate."""
+    values = torch.cat(values) if isinstance(values, list) else values
+    ids = torch.cat(ids) if isinstance(ids, list) else ids
+    anon = ids < 0
+    named_ids, first = _first_occurrence(ids[~anon])
+    return torch.cat([named_ids, ids[anon]]), torch.cat([values[~anon][first], values[anon]])
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -98,10 +98,16 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
     return rows, failures
 
 
-def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModule, versions, seconds) -> dict:
-    lib = versions["libjpeg_turbo"] and f"libjpeg-turbo {versions['libjpeg_turbo']}" or f"libjpeg {versions['libjpeg']}"
-    if c.codec == "avif":
+def codec_lib(codec: str, versions: dict) -> str:
+    """The `codec_lib` column: the library that encoded, and Pillow's version."""
+    if codec == "avif":
         lib = f"libavif {versions['libavif']}"
+    else:
+        lib = versions["libjpeg_turbo"] and f"libjpeg-turbo {versions['libjpeg_turbo']}" or f"libjpeg {versions['libjpeg']}"
+    return f"{lib}; pillow {versions['pillow']}"
+
+
+def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModule, versions, seconds) -> dict:
     if all(r.is_gray for r in dm.records):
         channels = "gray"  # scored on the one channel they have, whatever --channels says
     return {
@@ -109,7 +115,7 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
         "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
         "n_images": res["n_images"], "n_skipped": len(dm.report.skipped), "psnr": res["psnr"], "ssim": res["ssim"],
         "psnrb": res["psnrb"], "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
-        "codec_lib": f"{lib}; pillow {versions['pillow']}", "carbench_version": leaderboard.carbench_version(),
+        "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
         "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
     }
 

@@ -11,21 +11,21 @@ classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.corruptions import Corruption, CorruptionCache, apply, codec_versions
+from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import TASKS, ShapesTaskSet, collate
 from lightning_modules import create
 from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
 
 from . import leaderboard
-from .runner import JobFailure, progress_bar, quiet_lightning
+from .runner import JobFailure, codec_lib, progress_bar, quiet_lightning
 from .tasks import TaskEvaluator
 
 DIRECT, CLEAN = "direct", "clean"
@@ -79,9 +79,7 @@ class CorruptedSet(Dataset):
         if self.corruption is None:
             return clean, clean, target, {"index": i}
         px = np.ascontiguousarray(clean.permute(1, 2, 0).numpy())
-        digest = ImageRecord(f"{self.name}-{i}", px).digest
-        out, _ = self.cache.get(px, digest, self.corruption) if self.cache.enabled else apply(px, self.corruption,
-                                                                                              digest)
+        out, _ = self.cache.get(px, ImageRecord(f"{self.name}-{i}", px).digest, self.corruption)
         return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous(), clean, target, {"index": i}
 
 
@@ -211,12 +209,11 @@ def _rows(task, tm, method, restorer, req: TaskRequest, c: Corruption | None, re
         method_name = DIRECT if restorer is None else restorer.method_name
         preset = "" if restorer is None else restorer.preset_name
         codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
-    lib = f"libavif {versions['libavif']}" if codec == "avif" else f"libjpeg-turbo {versions['libjpeg_turbo']}"
     base = {
         "task": task, "model": tm.name, "method": method_name, "preset": preset, "dataset": req.dataset,
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
         "source": "measured", "model_weights": tm.weights, "weights": "" if restorer is None else restorer.weights_path,
-        "codec_lib": f"{lib}; pillow {versions['pillow']}" if c is not None else "",
+        "codec_lib": codec_lib(codec, versions) if c is not None else "",
         "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),
     }
