@@ -140,16 +140,69 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _qf_range(text: str) -> tuple[int, int]:
+    parts = [p for p in text.split(",") if p.strip()]
+    try:
+        lo, hi = (int(parts[0]), int(parts[-1]))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: expected LO,HI such as 10,40") from None
+    if len(parts) > 2 or not 1 <= lo <= hi <= 100:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: need 1 <= LO <= HI <= 100")
+    return lo, hi
+
+
 def cmd_train(args) -> int:
     from .train import train, train_task
 
     if args.task:
-        train_task(args.task, args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                   out=args.out, accelerator=args.accelerator)
+        train_task(args.task, args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                   seed=args.seed if args.seed is not None else 0, out=args.out, accelerator=args.accelerator)
         return 0
     train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
           seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator,
-          noise2noise=args.noise2noise)
+          noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init, resume=args.resume,
+          ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config)
+    return 0
+
+
+# which published paper a carbench method comes from (for source=paper reference rows)
+METHOD_PAPER = {"dagn": "dagn", "n2n_unet": "n2n", "afd": "afd", "dualpriors": "dualpriors", "jarcal": "jarcal"}
+
+
+def cmd_efficiency(args) -> int:
+    from lightning_modules import available
+
+    from .efficiency import format_table, measure, paper_rows, write
+
+    names: list[str] = []
+    for pattern in (m.strip() for m in args.method.split(",") if m.strip()):
+        found = available(pattern)
+        if not found:
+            print(f"error: no method matches {pattern!r}; see `benchmark list`", file=sys.stderr)
+            return 2
+        names += [n for n in found if n not in names and not n.startswith("jpeg")]
+    rows = []
+    for name in names:
+        print(f"measuring {name} at {args.size}x{args.size} ...", flush=True)
+        rows.append(measure(name, args.size, args.repeat))
+    rows += paper_rows(sorted({METHOD_PAPER[n.split(".")[0]] for n in names if n.split(".")[0] in METHOD_PAPER}))
+    print(format_table(rows))
+    if not args.dry_run:
+        write(rows, args.leaderboard)
+    return 0
+
+
+def cmd_import_paper(args) -> int:
+    from . import leaderboard
+    from .published import paper_fidelity_rows, published_dir
+
+    rows = paper_fidelity_rows(args.paper)
+    if not rows:
+        where = published_dir() or "../shared/published (not found; set $CARBENCH_PUBLISHED)"
+        print(f"error: no published fidelity rows for paper {args.paper!r} in {where}", file=sys.stderr)
+        return 2
+    path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
+    print(f"{len(rows)} source=paper rows of {args.paper} -> {path}")
     return 0
 
 
@@ -207,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     t = sub.add_parser("train", help="train a method preset and save its checkpoint")
-    t.add_argument("--method", default="dncnn")
+    t.add_argument("--method", default=None, help="method to train (default dncnn, or the --config's)")
+    t.add_argument("--config", default=None, help="YAML training recipe, e.g. dagn_paper.yaml "
+                                                  "(benchmark/configs/); explicit flags override it")
+    t.add_argument("--stage", action="append", default=None,
+                   help="multi-stage methods (dagn: autoencoders, restorer): run only this stage (repeatable)")
     t.add_argument("--task", default=None, choices=["classification", "detection", "segmentation"],
                    help="train the compact shapes task model instead of a restorer")
     t.add_argument("--model", default=None, help="with --task: shapes-cnn, shapes-frcnn or shapes-pspnet")
@@ -216,10 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=None)
     t.add_argument("--crop", type=int, default=None)
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=None)
     t.add_argument("--train-dir", default=None, help="training images (default ../shared/data/train/BSDS500_train)")
     t.add_argument("--noise2noise", action="store_true", help="targets = a second JPEG of the same crop (no "
                                                               "clean image; N2N U-Net's Noise2Noise mode)")
+    t.add_argument("--qf-range", type=_qf_range, default=None, metavar="LO,HI",
+                   help="JPEG qualities drawn for training crops, e.g. 10,10 for a per-QF model (default 5,50)")
+    t.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of random init")
+    t.add_argument("--ckpt-dir", default=None, help="write Lightning checkpoints (last.ckpt) here during training")
+    t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")
     t.add_argument("--out", default=None, help="checkpoint path (default: the preset's shipped checkpoint)")
     t.add_argument("--accelerator", default="auto")
     t.set_defaults(func=cmd_train)
@@ -229,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--map-images", type=int, default=500, help="images in the detection mAP benchmark")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("efficiency", help="params, FLOPs and CPU latency per preset -> leaderboards/efficiency.csv")
+    e.add_argument("--method", default="dagn.*,n2n_unet.compact,n2n_unet.paper,dncnn.*",
+                   help="comma list of method.preset names or wildcards")
+    e.add_argument("--size", type=int, default=512, help="square input size (the papers' 512x512)")
+    e.add_argument("--repeat", type=int, default=3)
+    e.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/efficiency.csv)")
+    e.add_argument("--dry-run", action="store_true", help="print, write nothing")
+    e.set_defaults(func=cmd_efficiency)
+
+    ip = sub.add_parser("import-paper", help="copy a paper's published fidelity tables into the leaderboard "
+                                             "(source=paper rows, never mixed with measured ones)")
+    ip.add_argument("--paper", default="dagn", help="dagn, jarcal, dualpriors, ... (../shared/published)")
+    ip.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
+    ip.set_defaults(func=cmd_import_paper)
     return p
 
 

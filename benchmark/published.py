@@ -78,3 +78,24 @@ def task_value(task: str, dataset_kind: str, model: str, method: str, codec: str
                  & (df.method == method)]
         values = {float(v) for v in sel.top1}
     return values.pop() if len(values) == 1 else None
+
+
+def paper_fidelity_rows(paper: str) -> list[dict]:
+    """A paper's fidelity tables (not its single-image figures) as leaderboard rows with source=paper: one row
+    per (table, dataset, channels, codec, QF, method), metrics side by side. Datasets keep the paper's names
+    (dagn's `bsd500` is its own image set, not carbench's `bsds500`)."""
+    df = load("fidelity")
+    if df.empty:
+        return []
+    df = df[(df.paper == paper) & ~df.table.str.startswith("Fig")]
+    rows = []
+    for (table, dataset, channels, codec, qf, method), g in df.groupby(
+            ["table", "dataset", "channels", "codec", "qf", "method"], sort=True):
+        metrics = dict(zip(g.metric, g.value))
+        notes = sorted({n for n in g.note if n})
+        rows.append({"method": method, "preset": "paper", "dataset": dataset, "channels": channels, "codec": codec,
+                     "qf": qf, "passes": 1, "subsampling": "", "seed": "", "source": "paper",
+                     "psnr": metrics.get("psnr", ""), "ssim": metrics.get("ssim", ""),
+                     "psnrb": metrics.get("psnrb", ""),
+                     "weights": f"{paper} Table {table}" + (f": {'; '.join(notes)}" if notes else "")})
+    return rows

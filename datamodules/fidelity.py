@@ -63,6 +63,7 @@ class EvalDataModule(L.LightningDataModule):
 class RandomCrops(Dataset):
     """Seeded training pairs: crop (aligned to the 16-pixel 4:2:0 MCU grid), then compress at a random QF.
 
+    Items are (corrupted, target, qf) float [0, 1] CHW crops and the QF of the input's compression.
     Item i is a pure function of (seed, i): same seed -> same crops, QFs and bytes, whatever the worker count.
     `noise2noise=True`: the target is a second, independent compression of the same crop (QF drawn again), so no
     clean image is ever seen (Noise2Noise training, N2N U-Net paper).
@@ -95,7 +96,8 @@ class RandomCrops(Dataset):
         if self.noise2noise:
             qf2 = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
             clean, _ = apply(clean, Corruption("jpeg", (qf2,), subsampling=self.subsampling))
-        return to_tensor(corrupted).float() / 255, to_tensor(clean).float() / 255
+        # the QF is the label of DAGN's compression-sensitive auto-encoder; restorers ignore it
+        return to_tensor(corrupted).float() / 255, to_tensor(clean).float() / 255, torch.tensor(qf)
 
 
 def default_train_folder() -> Path | None:

@@ -59,7 +59,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import dncnn, identity, n2n_unet  # noqa: F401  (built-in methods register on import)
+    from . import dagn, dncnn, identity, n2n_unet  # noqa: F401  (built-in methods register on import)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:

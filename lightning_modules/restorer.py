@@ -17,6 +17,7 @@ class RestorerModule(L.LightningModule):
         self.net = net
         self.lr, self.loss_name, self.lr_milestones = lr, loss, tuple(lr_milestones)
         self.betas = (0.9, 0.999)  # Adam's; a method's training recipe may set its paper's
+        self.lr_gamma = 0.1  # MultiStepLR factor at each milestone
         self.method_name, self.preset_name, self.weights_path = type(net).__name__.lower(), "", ""
 
     @property
@@ -73,5 +74,5 @@ class RestorerModule(L.LightningModule):
         opt = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
         if not self.lr_milestones:
             return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=0.1)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=self.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

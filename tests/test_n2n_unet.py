@@ -62,7 +62,7 @@ def test_noise2noise_pairs_never_contain_the_clean_crop():
     sup = RandomCrops([img], (10, 40), crop=32, length=4, seed=3)
     n2n = RandomCrops([img], (10, 40), crop=32, length=4, seed=3, noise2noise=True)
     for i in range(4):
-        (x_s, clean), (x_n, target) = sup[i], n2n[i]
+        (x_s, clean, _), (x_n, target, _) = sup[i], n2n[i]
         assert torch.equal(x_s, x_n)  # same crop, same first compression
         assert not torch.equal(target, clean)
         clean_u8 = (clean * 255).round().byte().permute(1, 2, 0).numpy()

@@ -1,0 +1,95 @@
+"""Efficiency of restorer presets: parameters, FLOPs (torch's FlopCounterMode) and CPU latency at one input size,
+written to `leaderboards/efficiency.csv` next to the papers' own tables (source=paper rows).
+
+Counting conventions, so rows compare: `gflops` counts a multiply-add as 2 FLOPs (FlopCounterMode's convention);
+`gmacs` = gflops / 2 is what most CAR papers (thop/ptflops) print as "FLOPs". Latency is the median wall time of
+`repeat` forward passes (batch 1, no grad) after one warm-up, with the machine's torch thread count.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import torch
+
+from . import leaderboard, published
+
+EFFICIENCY_KEY = ["method", "preset", "input", "device", "source"]
+EFFICIENCY_COLUMNS = EFFICIENCY_KEY[:-1] + ["params_m", "gflops", "gmacs", "latency_ms", "threads", "source", "note",
+                                            "torch", "carbench_version", "git_commit", "created_at"]
+
+
+def count_flops(net: torch.nn.Module, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(x)
+    return counter.get_total_flops()
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> dict:
+    """One row for `method[.preset]` (random weights: cost does not depend on them)."""
+    from lightning_modules import create
+
+    module = create(name, pretrained=False).eval()
+    x = torch.rand(1, channels, size, size)
+    params = sum(p.numel() for p in module.net.parameters())
+    flops = count_flops(module, x)
+    times = []
+    with torch.no_grad():
+        module(x)  # warm-up: allocator, kernels
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            module(x)
+            times.append(time.perf_counter() - t0)
+    return {"method": module.method_name, "preset": module.preset_name, "input": f"{size}x{size} rgb",
+            "device": f"cpu: {cpu_name()}", "params_m": params / 1e6, "gflops": flops / 1e9, "gmacs": flops / 2e9,
+            "latency_ms": 1000 * statistics.median(times), "threads": torch.get_num_threads(), "source": "measured",
+            "note": f"median of {repeat} after 1 warm-up", "torch": torch.__version__}
+
+
+def paper_rows(methods: list[str]) -> list[dict]:
+    """The papers' efficiency tables for these methods (and their comparison rows), as source=paper."""
+    table = published.load("efficiency")
+    if table.empty:
+        return []
+    rows = []
+    for _, r in table[table["paper"].isin(methods)].iterrows():
+        ms = r["runtime_ms"] or r["gpu_ms"] or r["cpu_ms"]
+        rows.append({"method": r["method"], "preset": "paper", "input": r["input"], "device": r["device"],
+                     "params_m": r["params_m"], "gflops": "", "gmacs": r["flops_g"], "latency_ms": ms,
+                     "threads": "", "source": "paper",
+                     "note": f"{r['paper']} Table {r['table']}: 'FLOPs' as printed (read as multiply-adds); "
+                             + r["note"]})
+    return rows
+
+
+def write(rows: list[dict], path=None) -> None:
+    stamp = {"carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
+             "created_at": leaderboard.now()}
+    leaderboard.upsert(path or leaderboard.default_path("efficiency"),
+                       [{**r, **(stamp if r["source"] == "measured" else {})} for r in rows],
+                       key=EFFICIENCY_KEY, columns=EFFICIENCY_COLUMNS)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'method':<12}{'preset':<18}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
+    lines = [head]
+    for r in rows:
+        def num(v, fmt):
+            return format(float(v), fmt) if v not in ("", None) else "-"
+        lines.append(f"{r['method']:<12}{r['preset']:<18}{r['source']:<10}{num(r['params_m'], '10.2f')}"
+                     f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
+    return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""Efficiency rows (params, FLOPs, latency), the papers' reference rows, and training recipes (YAML, stages)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.efficiency import count_flops, measure, paper_rows, write
+from benchmark.train import _stage_plan, load_config, train
+from lightning_modules import create
+from tests.conftest import need_shared
+
+
+def test_flops_of_a_conv_by_hand():
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    # one multiply-add (2 FLOPs) per output pixel, output channel and kernel tap; bias adds are not counted
+    assert count_flops(conv, torch.rand(1, 3, 16, 16)) == 2 * 16 * 16 * 8 * 3 * 3 * 3
+
+
+def test_measure_row_matches_the_network(tmp_path):
+    row = measure("dncnn.compact", size=32, repeat=1)
+    net = create("dncnn.compact", pretrained=False).net
+    assert row["params_m"] * 1e6 == pytest.approx(sum(p.numel() for p in net.parameters()))
+    # DnCNN is all 3x3 'same' convs: sum over layers of 2 * H * W * Cout * Cin * 9
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    expected = sum(2 * 32 * 32 * m.out_channels * m.in_channels * 9 for m in convs)
+    assert row["gflops"] * 1e9 == pytest.approx(expected) and row["gmacs"] == pytest.approx(row["gflops"] / 2)
+    assert row["latency_ms"] > 0 and row["source"] == "measured"
+    path = tmp_path / "eff.csv"
+    write([row], path)
+    write([row], path)  # upsert: same key, one row
+    assert path.read_text().count("dncnn,compact") == 1
+
+
+@need_shared("published", "efficiency.csv")
+def test_paper_rows_carry_table_III():
+    rows = {r["method"]: r for r in paper_rows(["dagn"])}
+    assert rows["dagn"]["params_m"] == "109.9" and rows["dagn"]["gmacs"] == "952.8"
+    assert all(r["source"] == "paper" for r in rows.values())
+
+
+@need_shared("published", "fidelity.csv")
+def test_paper_fidelity_rows_pivot_the_metrics():
+    from benchmark.published import paper_fidelity_rows
+
+    rows = paper_fidelity_rows("dagn")
+    live1 = [r for r in rows if (r["method"], r["dataset"], r["qf"]) == ("dagn", "live1", "10")]
+    assert len(live1) == 1 and (live1[0]["psnr"], live1[0]["ssim"], live1[0]["psnrb"]) == ("27.95", "0.807", "27.70")
+    assert {r["source"] for r in rows} == {"paper"}
+
+
+def test_recipes_parse_and_stage_plans():
+    cfg = load_config("dagn_paper.yaml")
+    assert cfg["preset"] == "paper" and cfg["qf_range"] == [10, 95] and cfg["crop"] == 96
+    module = create("dagn", pretrained=False)
+    plan = _stage_plan(module, {**cfg, "qf_range": (10, 95)}, None)
+    assert [p[0] for p in plan] == ["autoencoders", "restorer"]
+    assert plan[0][1:4] == (1665, 32, 256) and plan[1][1:4] == (555000, 64, 96)
+    assert [p[0] for p in _stage_plan(module, cfg, ["restorer"])] == ["restorer"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        _stage_plan(module, cfg, ["finetune"])
+    with pytest.raises(ValueError, match="one stage"):
+        _stage_plan(create("dncnn", pretrained=False), cfg, ["restorer"])
+
+
+def test_recipe_with_unknown_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: dncnn\nsteps: 5\nlearning_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(config=str(bad))
