@@ -159,7 +159,7 @@ def cmd_train(args) -> int:
                    seed=args.seed if args.seed is not None else 0, out=args.out, accelerator=args.accelerator)
         return 0
     train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator,
+          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator, devices=args.devices,
           noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init, resume=args.resume,
           ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config)
     return 0
@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")
     t.add_argument("--out", default=None, help="checkpoint path (default: the preset's shipped checkpoint)")
     t.add_argument("--accelerator", default="auto")
+    t.add_argument("--devices", default="auto", type=lambda s: int(s) if s.isdigit() else s,
+                   help="Lightning devices: several run DDP (one process each; torchrun works too)")
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="throughput benchmarks (prints ratios measured in one run)")

@@ -411,8 +411,8 @@ ABLATIONS = {"baseline": dict(cigm=False, csgm=False, cfm=False), "w_cigm": dict
         "compact": Preset(kwargs=COMPACT, weights="dagn_compact.pt",
                           description="shipped; retrain with `benchmark train --method dagn`"),
         "paper": Preset(kwargs=PAPER, weights="dagn_paper.pth",
-                        description="the paper's DAGN (107 M params); the authors release no weights -- train it "
-                                    "(`benchmark train --method dagn --preset paper`) or pass --weights FILE"),
+                        description="the paper's DAGN (110.7 M params); the authors release no weights -- train it "
+                                    "(`benchmark train --config dagn_paper.yaml`) or pass --weights FILE"),
         **{f"paper_{k}": Preset(kwargs={**PAPER, **v}, weights=None,
                                 description=f"Table V ablation row '{k}' at paper size; train it")
            for k, v in ABLATIONS.items()},

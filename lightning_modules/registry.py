@@ -108,10 +108,15 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise MethodError(f"weights file {path} cannot be read as a PyTorch checkpoint: {e}") from e
+    lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise MethodError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    if lightning and any(k.startswith("net.") for k in obj):
+        # a LightningModule's checkpoint: the network is `net.*`; training-only parts (DAGN's stage-1 decoders,
+        # discriminator, QF predictor) are not part of the restorer
+        obj = {k: v for k, v in obj.items() if k.startswith("net.")}
     # Lightning prefixes the network's keys with "net."; DataParallel with "module."
     for prefix in ("net.", "module."):
         if obj and all(k.startswith(prefix) for k in obj):

@@ -183,6 +183,24 @@ def test_checkpoint_round_trip_plain_and_lightning_and_mismatch(tmp_path):
         create("dagn", weights=other)
 
 
+def test_a_real_lightning_checkpoint_of_stage1_loads(tmp_path):
+    torch.manual_seed(0)
+    module = create("dagn", pretrained=False)
+    module.set_stage("autoencoders")
+    module.train()
+    loader, _ = _batches(1)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, loader)
+    path = tmp_path / "stage1.ckpt"
+    trainer.save_checkpoint(path)
+    assert any(k.startswith("aux.") for k in torch.load(path, weights_only=False)["state_dict"])
+    loaded = create("dagn", weights=path).eval()
+    module.eval()
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.equal(loaded.restore(x), module.restore(x))
+
+
 def test_paper_preset_without_weights_says_where_to_put_them():
     with pytest.raises(MethodError, match="dagn_paper.pth"):
         create("dagn", preset="paper")
