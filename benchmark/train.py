@@ -115,10 +115,20 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
             "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1),
             "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
             "torch": str(torch.__version__)}
+    if init:
+        meta["init_record"] = _record_of(init)  # the lineage: how the starting weights were made
     state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
     torch.save({"state_dict": state, "carbench": meta}, out_path)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation PSNR {meta['val_psnr']}")
     return out_path
+
+
+def _record_of(path: str) -> dict | None:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- a foreign file simply has no record
+        return None
+    return obj.get("carbench") if isinstance(obj, dict) else None
 
 
 def _stage_plan(module, cfg: dict, stages: list[str] | None) -> list[tuple]:

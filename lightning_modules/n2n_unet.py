@@ -10,7 +10,10 @@ to a multiple of 2^depth by `RestorerModule`.
 Presets:
 - `paper`: width 64 at the first level (64..1024 channels), the paper's network (31,031,875 parameters for RGB).
 - `compact`: width 12, same 23-layer structure (1.09 M parameters, 4.4 MB: under the 5 MB shipping limit), trained
-  by carbench (`benchmark train --method n2n_unet`, shipped `checkpoints/n2n_unet_compact.pt`).
+  by carbench as one blind model for QF 5..50 (`benchmark train --method n2n_unet`, shipped
+  `checkpoints/n2n_unet_compact.pt`).
+- `compact_qf10`: the paper's per-QF protocol (one model per QF) at QF 10: the blind compact model fine-tuned on
+  QF 10 only (shipped `checkpoints/n2n_unet_compact_qf10.pt`); other QFs: `--qf-range Q,Q`.
 """
 from __future__ import annotations
 
@@ -61,6 +64,11 @@ def count_convs(net: nn.Module) -> int:
     presets={
         "compact": Preset(kwargs=dict(in_channels=3, width=12, depth=4), weights="n2n_unet_compact.pt",
                           description="shipped; retrain with `benchmark train --method n2n_unet`"),
+        # the paper trains one model per QF: this is that protocol at QF 10 (fine-tuned from the blind compact)
+        "compact_qf10": Preset(kwargs=dict(in_channels=3, width=12, depth=4), weights="n2n_unet_compact_qf10.pt",
+                               description="per-QF model for QF 10 (the paper's protocol); shipped; retrain with "
+                                           "`benchmark train --method n2n_unet.compact_qf10 --qf-range 10,10 "
+                                           "--init lightning_modules/checkpoints/n2n_unet_compact.pt`"),
         "paper": Preset(kwargs=dict(in_channels=3, width=64, depth=4), weights=None,
                         description="the paper's 23-layer U-Net (64..1024 ch); no released weights, train it"),
     },
