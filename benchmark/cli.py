@@ -192,6 +192,29 @@ def cmd_efficiency(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .check import format_findings, run_check
+
+    try:
+        rc, findings = run_check(_csv(args.suite) if args.suite else None, args.committed, args.tolerances,
+                                 args.method)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_findings(findings, all_rows=args.all))
+    print("check: " + ("FAILED" if rc else "passed"))
+    return rc
+
+
+def cmd_report(args) -> int:
+    from .report import build
+
+    written = build(args.boards, args.out)
+    for what, path in written.items():
+        print(f"{what}: {path}")
+    return 0
+
+
 def cmd_import_paper(args) -> int:
     from . import leaderboard
     from .published import paper_fidelity_rows, published_dir
@@ -302,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/efficiency.csv)")
     e.add_argument("--dry-run", action="store_true", help="print, write nothing")
     e.set_defaults(func=cmd_efficiency)
+
+    c = sub.add_parser("check", help="re-run the embedded suite and compare with the committed leaderboards "
+                                     "(exit 1 on a regression beyond leaderboards/tolerances.yaml)")
+    c.add_argument("--suite", default=None, help="comma list: fidelity, tasks (default both)")
+    c.add_argument("--method", default=None, help="only these methods in the fidelity suite (the rows named)")
+    c.add_argument("--committed", default=None, help="folder of the boards to compare with (default leaderboards/)")
+    c.add_argument("--tolerances", default=None, help="tolerance file (default leaderboards/tolerances.yaml)")
+    c.add_argument("--all", action="store_true", help="print every compared value, not only regressions")
+    c.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("report", help="Markdown + static HTML leaderboard and PNG plots (leaderboards/report/)")
+    rp.add_argument("--boards", default=None, help="folder of the leaderboard CSVs (default leaderboards/)")
+    rp.add_argument("--out", default=None, help="output folder (default <boards>/report)")
+    rp.set_defaults(func=cmd_report)
 
     ip = sub.add_parser("import-paper", help="copy a paper's published fidelity tables into the leaderboard "
                                              "(source=paper rows, never mixed with measured ones)")

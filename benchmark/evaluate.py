@@ -10,7 +10,7 @@ from torchmetrics import MetricCollection
 from .metrics import METRICS, PerImageMean, to_uint8
 
 
-class NonFiniteOutput(ValueError):
+class NonFiniteOutput(ValueError):  # also: an output of the wrong shape
     pass
 
 
@@ -27,8 +27,11 @@ class FidelityEvaluator(L.LightningModule):
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         corrupted, clean, meta = batch
         restored = self.restorer.restore(corrupted.float() / 255.0)
+        name = meta["name"][0] if isinstance(meta["name"], (list, tuple)) else meta["name"]
+        if restored.shape != corrupted.shape:  # never score a cropped/resized/channel-changed output
+            raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} returned shape "
+                                  f"{tuple(restored.shape)} for input {tuple(corrupted.shape)} on image {name!r}")
         if not torch.isfinite(restored).all():
-            name = meta["name"][0] if isinstance(meta["name"], (list, tuple)) else meta["name"]
             raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf on image "
                                   f"{name!r} ({meta['key'][0]})")
         self.scores[dataloader_idx].update(to_uint8(restored), clean, ids=meta["index"])

@@ -50,6 +50,11 @@ def carbench_version() -> str:
 
 
 def now() -> str:
+    """UTC time of the row; $SOURCE_DATE_EPOCH (the reproducible-builds convention) pins it, so that the same
+    seed gives a byte-identical board."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isdigit():
+        return _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc).isoformat()
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one install script: the README, .ci/run and docker/Dockerfile all run it.
+# The one install script: the README, .ci/run and docker/Dockerfile.{cpu,cuda} all run it.
 # Creates ./.venv (or $CARBENCH_VENV) and installs carbench with its dependencies into it.
 set -euo pipefail
 cd "$(dirname "$0")/.."

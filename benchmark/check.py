@@ -1,0 +1,149 @@
+"""`benchmark check`: re-run the embedded suite and compare with the committed leaderboards (regression gate).
+
+The suite is the README's offline commands; each re-run writes to a scratch folder, never to the committed boards.
+Every committed `source=measured` row that the re-run produces again is compared metric by metric with the
+tolerances of `leaderboards/tolerances.yaml`; a row the re-run produces that the committed board lacks is a
+failure too (the board is stale). Exit status 0: all within tolerance; 1: regressions (a table names each one).
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import leaderboard
+
+TOLERANCE_FILE = leaderboard.LEADERBOARD_DIR / "tolerances.yaml"
+# board -> the `benchmark` arguments that re-measure it on the embedded default
+SUITE = {
+    "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet", "--qf", "10,20"],
+    "tasks": ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
+}
+TASK_BOARDS = ("classification", "detection", "segmentation")
+# identity of a row beyond its key: a changed count is a regression whatever the tolerance
+EXACT = ("n_images",)
+
+
+@dataclass
+class Finding:
+    board: str
+    row: str
+    metric: str
+    committed: str
+    measured: str
+    tolerance: float | None
+    verdict: str  # ok | REGRESSION | NOT COMMITTED
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict != "ok"
+
+
+def load_tolerances(path: str | Path | None = None) -> dict[str, dict[str, float]]:
+    import yaml
+
+    path = Path(path) if path else TOLERANCE_FILE
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"tolerance file {path}: {e}") from e
+    bad = [f"{b}.{m}" for b, ms in data.items() for m, v in (ms or {}).items()
+           if not isinstance(v, (int, float)) or v < 0]
+    if bad:
+        raise ValueError(f"tolerance file {path}: tolerances must be numbers >= 0: {bad}")
+    return {b: {m: float(v) for m, v in (ms or {}).items()} for b, ms in data.items()}
+
+
+def _key_and_metrics(board: str):
+    if board == "fidelity":
+        return leaderboard.FIDELITY_KEY, ["psnr", "ssim", "psnrb", "bpp"]
+    return leaderboard.TASK_KEY, ["value"]
+
+
+def _label(row, key) -> str:
+    return " ".join(f"{k}={row[k]}" for k in key if row[k] not in ("", "measured"))
+
+
+def compare(board: str, committed_csv: Path, measured_csv: Path, tolerances: dict[str, float]) -> list[Finding]:
+    key, metrics = _key_and_metrics(board)
+    old, new = leaderboard.read(committed_csv), leaderboard.read(measured_csv)
+    if new.empty:
+        return []
+    committed = {tuple(r[k] for k in key): r for _, r in old.iterrows()} if not old.empty else {}
+    findings = []
+    for _, r in new.iterrows():
+        k = tuple(r[c] for c in key)
+        label = _label(r, key)
+        if k not in committed:
+            findings.append(Finding(board, label, "*", "-", "(new row)", None, "NOT COMMITTED"))
+            continue
+        c = committed[k]
+        for m in metrics:
+            tol = tolerances.get(m, 0.0)
+            a, b = c.get(m, ""), r.get(m, "")
+            fa, fb = _num(a), _num(b)
+            same = (math.isnan(fa) and math.isnan(fb)) or abs(fa - fb) <= tol + 1e-12
+            findings.append(Finding(board, label, m, a, b, tol, "ok" if same else "REGRESSION"))
+        for m in EXACT:
+            if m in r and c.get(m, "") != r[m]:
+                findings.append(Finding(board, label, m, c.get(m, ""), r[m], 0.0, "REGRESSION"))
+    return findings
+
+
+def _num(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_check(suites: list[str] | None = None, committed_dir: str | Path | None = None,
+              tolerance_file: str | Path | None = None, methods: str | None = None,
+              quiet: bool = True) -> tuple[int, list[Finding]]:
+    """Re-run `suites` (default all) into a scratch folder and compare with `committed_dir` (default
+    leaderboards/). `methods` replaces the fidelity suite's method list (the rows named)."""
+    from .cli import main as cli_main
+
+    committed_dir = Path(committed_dir) if committed_dir else leaderboard.LEADERBOARD_DIR
+    tolerances = load_tolerances(tolerance_file)
+    suites = suites or list(SUITE)
+    unknown = [s for s in suites if s not in SUITE]
+    if unknown:
+        raise ValueError(f"unknown check suite(s) {unknown}; suites: {list(SUITE)}")
+    findings: list[Finding] = []
+    rc = 0
+    with tempfile.TemporaryDirectory(prefix="carbench-check-") as scratch:
+        for suite in suites:
+            argv = list(SUITE[suite])
+            if suite == "fidelity" and methods:
+                argv[argv.index("--method") + 1] = methods
+            print(f"check: benchmark {' '.join(argv)}", flush=True)
+            target = Path(scratch) / ("fidelity.csv" if suite == "fidelity" else "")
+            argv += ["--leaderboard", str(target)] + (["--quiet"] if quiet else [])
+            if cli_main(argv) != 0:
+                rc = 1
+                findings.append(Finding(suite, "(the run)", "*", "-", "failed", None, "REGRESSION"))
+            boards = ["fidelity"] if suite == "fidelity" else list(TASK_BOARDS)
+            for board in boards:
+                findings += compare(board, committed_dir / f"{board}.csv", Path(scratch) / f"{board}.csv",
+                                    tolerances.get(board, {}))
+    if any(f.failed for f in findings):
+        rc = 1
+    return rc, findings
+
+
+def format_findings(findings: list[Finding], all_rows: bool = False) -> str:
+    shown = [f for f in findings if all_rows or f.failed]
+    n_fail = sum(f.failed for f in findings)
+    head = f"{len(findings)} values compared, {n_fail} regression(s)"
+    if not shown:
+        return head
+    lines = [head, "", "| board | row | metric | committed | measured | diff | tolerance | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in shown:
+        diff = _num(f.measured) - _num(f.committed)
+        d = f"{diff:+.4f}" if not math.isnan(diff) else "-"
+        tol = "-" if f.tolerance is None else f"{f.tolerance:g}"
+        lines.append(f"| {f.board} | {f.row} | {f.metric} | {f.committed} | {f.measured} | {d} | {tol} | {f.verdict} |")
+    return "\n".join(lines)

@@ -1,0 +1,277 @@
+"""`benchmark report`: the leaderboards as one Markdown page and one static HTML page (sortable tables, measured
+beside paper with deltas) plus PNG plots: PSNR vs QF per method, PSNR vs number of JPEG passes, each task's metric
+vs QF, PSNR gain vs latency (DAGN Fig. 8's view) and a params/MACs bubble chart (AFD Figs. 9-10's view)."""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from . import leaderboard, published
+
+TASKS = {"classification": "top1", "detection": "map", "segmentation": "mIoU"}
+GAIN_AT = ("live1", "10")  # the PSNR gain plotted against cost: LIVE1 (RGB), QF 10
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp)
+    _plt().close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def _label(r) -> str:
+    return r["method"] if r["preset"] in ("", "none") else f"{r['method']}.{r['preset']}"
+
+
+def _fidelity(boards: Path) -> pd.DataFrame:
+    df = leaderboard.read(boards / "fidelity.csv")
+    if df.empty:
+        return df
+    df = df.copy()
+    for c in ("psnr", "ssim", "psnrb", "bpp"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    df["label"] = [_label(r) for _, r in df.iterrows()]
+    return df
+
+
+def paper_value(df: pd.DataFrame, r, metric: str) -> float | None:
+    """The paper's value for a measured row: a source=paper row of the same method/dataset/QF, else the reference
+    tables' value (`published.fidelity_value`)."""
+    same = df[(df.source == "paper") & (df.method == r["method"]) & (df.dataset == r["dataset"])
+              & (df.channels == r["channels"]) & (df.codec == r["codec"]) & (df.qf == r["qf"])]
+    if len(same) and pd.notna(same.iloc[0][metric]):
+        return float(same.iloc[0][metric])
+    return published.fidelity_value(r["method"], r["dataset"], r["channels"], r["codec"], r["qf"], metric)
+
+
+# ---- plots -------------------------------------------------------------------------------------------------------
+def plot_fidelity_vs_qf(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
+    sel = df[(df.dataset == dataset) & (df.passes == "1") & df.qf.str.isdigit() & (df.codec == "jpeg")]
+    measured = sel[sel.source == "measured"]
+    if measured.label.nunique() < 1 or measured.qf.nunique() < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for label, g in measured.groupby("label"):
+        g = g.assign(q=g.qf.astype(int)).sort_values("q")
+        ax.plot(g.q, g.psnr, marker="o", label=label)
+    for label, g in sel[sel.source == "paper"].groupby("label"):
+        g = g.assign(q=g.qf.astype(int)).sort_values("q")
+        ax.plot(g.q, g.psnr, linestyle="--", marker=".", alpha=0.6, label=f"{label} (paper)")
+    ax.set(xlabel="JPEG quality factor", ylabel="PSNR (dB)", title=f"PSNR vs QF: {dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_passes(df: pd.DataFrame, out: Path) -> Path | None:
+    sel = df[(df.source == "measured") & df.qf.str.contains("/")]
+    if sel.empty:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for (label, dataset, qf), g in sel.groupby(["label", "dataset", "qf"]):
+        g = g.assign(n=g.passes.astype(int)).sort_values("n")
+        ax.plot(g.n, g.psnr, marker="o", label=f"{label} on {dataset} (QFs {qf})")
+    ax.set(xlabel="JPEG passes", ylabel="PSNR (dB)", title="Multi-pass JPEG")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def cost_points(df: pd.DataFrame, eff: pd.DataFrame) -> list[dict]:
+    """Per (method.preset, source): PSNR gain over jpeg at GAIN_AT, latency, MACs, params."""
+    if df.empty or eff.empty:
+        return []
+    dataset, qf = GAIN_AT
+    points = []
+    for _, e in eff.iterrows():
+        src = e["source"]
+        rows = df[(df.source == src) & (df.dataset == dataset) & (df.qf == qf) & (df.channels == "rgb")
+                  & (df.codec == "jpeg") & (df.passes == "1")]
+        base = rows[rows.method == "jpeg"]
+        own = rows[(rows.method == e["method"]) & (rows.preset == e["preset"])]
+        if base.empty or own.empty:
+            continue
+        points.append({"label": _label(e), "source": src, "gain": float(own.psnr.iloc[0] - base.psnr.iloc[0]),
+                       "latency_ms": float(e["latency_ms"]), "gmacs": float(e["gmacs"]),
+                       "params_m": float(e["params_m"]), "device": e["device"]})
+    return points
+
+
+def plot_gain_vs_latency(points: list[dict], out: Path) -> Path | None:
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for src, marker in (("measured", "o"), ("paper", "s")):
+        pts = [p for p in points if p["source"] == src]
+        if not pts:
+            continue
+        ax.scatter([p["latency_ms"] for p in pts], [p["gain"] for p in pts], marker=marker,
+                   label="measured (CPU)" if src == "measured" else "paper (its GPU)")
+        for p in pts:
+            ax.annotate(p["label"], (p["latency_ms"], p["gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set(xlabel="latency per 512x512 image (ms, log)", ylabel=f"PSNR gain over jpeg (dB)",
+           title=f"Gain vs latency ({GAIN_AT[0]}, QF {GAIN_AT[1]})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_params_macs(points: list[dict], out: Path) -> Path | None:
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for src, color in (("measured", "tab:blue"), ("paper", "tab:orange")):
+        pts = [p for p in points if p["source"] == src]
+        if not pts:
+            continue
+        ax.scatter([p["gmacs"] for p in pts], [p["gain"] for p in pts], s=[20 + 4 * p["params_m"] for p in pts],
+                   alpha=0.5, color=color, label=f"{src} (bubble: params)")
+        for p in pts:
+            ax.annotate(f"{p['label']} {p['params_m']:.1f}M", (p["gmacs"], p["gain"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set(xlabel="GMACs at 512x512 (log)", ylabel="PSNR gain over jpeg (dB)",
+           title=f"Cost vs gain ({GAIN_AT[0]}, QF {GAIN_AT[1]})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+# ---- tables ----------------------------------------------------------------------------------------------------
+def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Measured rows with the paper's PSNR/SSIM beside them and the deltas."""
+    rows = []
+    for _, r in df[df.source == "measured"].iterrows():
+        p_psnr, p_ssim = paper_value(df, r, "psnr"), paper_value(df, r, "ssim")
+        rows.append({"method": r["label"], "dataset": r["dataset"], "ch": r["channels"], "codec": r["codec"],
+                     "qf": r["qf"], "passes": r["passes"], "n": r["n_images"], "PSNR": round(r["psnr"], 2),
+                     "SSIM": round(r["ssim"], 4), "PSNR-B": round(r["psnrb"], 2),
+                     "paper PSNR": p_psnr if p_psnr is not None else "",
+                     "dPSNR vs paper": round(r["psnr"] - p_psnr, 2) + 0.0 if p_psnr is not None else "",
+                     "paper SSIM": p_ssim if p_ssim is not None else ""})
+    return pd.DataFrame(rows)
+
+
+def task_table(boards: Path, task: str) -> pd.DataFrame:
+    df = leaderboard.read(boards / f"{task}.csv")
+    if df.empty:
+        return df
+    df = df[df.source == "measured"]
+    wide = df.pivot_table(index=["model", "dataset", "method", "preset", "codec", "qf", "n_images"], columns="metric",
+                          values="value", aggfunc="first").reset_index()
+    wide.columns.name = None
+    metrics = [c for c in wide.columns if c not in ("model", "dataset", "method", "preset", "codec", "qf", "n_images")]
+    for c in metrics:
+        wide[c] = pd.to_numeric(wide[c], errors="coerce").round(2)
+    return wide
+
+
+def efficiency_table(boards: Path) -> pd.DataFrame:
+    df = leaderboard.read(boards / "efficiency.csv")
+    if df.empty:
+        return df
+    return df[["method", "preset", "source", "params_m", "gmacs", "latency_ms", "device", "input"]]
+
+
+def _md(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(empty)_\n"
+    cols = list(df.columns)
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(out) + "\n"
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(empty)</em></p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                   for row in df.itertuples(index=False))
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach((th, i) => th.addEventListener('click', () => {
+  const body = th.closest('table').tBodies[0];
+  const asc = th.dataset.dir !== 'asc'; th.dataset.dir = asc ? 'asc' : 'desc';
+  const key = tr => { const t = tr.cells[i].textContent; const n = parseFloat(t); return isNaN(n) ? t : n; };
+  [...body.rows].sort((a, b) => { const x = key(a), y = key(b);
+    return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1); }).forEach(r => body.appendChild(r));
+}));
+"""
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;"
+       "font-size:13px;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}"
+       "th{background:#eef;cursor:pointer}img{max-width:48%;margin:4px;border:1px solid #ddd}")
+
+
+def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write report.md, report.html and the plots into out_dir (default leaderboards/report)."""
+    boards = Path(boards) if boards else leaderboard.LEADERBOARD_DIR
+    out = Path(out_dir) if out_dir else boards / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    df = _fidelity(boards)
+    eff = leaderboard.read(boards / "efficiency.csv")
+    plots: dict[str, Path] = {}
+    if not df.empty:
+        for dataset in sorted(df[df.source == "measured"].dataset.unique()):
+            p = plot_fidelity_vs_qf(df, dataset, out / f"fidelity_{dataset.replace(':', '_')}.png")
+            if p:
+                plots[f"PSNR vs QF: {dataset}"] = p
+        p = plot_passes(df, out / "passes.png")
+        if p:
+            plots["Multi-pass JPEG"] = p
+    points = cost_points(df, eff)
+    for title, fn, name in (("Gain vs latency", plot_gain_vs_latency, "gain_vs_latency.png"),
+                            ("Cost vs gain (bubble: params)", plot_params_macs, "params_macs.png")):
+        p = fn(points, out / name)
+        if p:
+            plots[title] = p
+    from .plots import plot_task_board
+
+    for task, metric in TASKS.items():
+        if (boards / f"{task}.csv").exists():
+            p = plot_task_board(boards / f"{task}.csv", metric, out / f"{task}.png")
+            if p:
+                plots[f"{task}: {metric} vs QF"] = p
+    sections = [("Fidelity (measured; paper value and delta where a paper reports the same row)",
+                 fidelity_table(df) if not df.empty else pd.DataFrame())]
+    sections += [(f"{task.capitalize()} (values in percent)", task_table(boards, task)) for task in TASKS]
+    sections += [("Efficiency (measured and papers' tables)", efficiency_table(boards))]
+    stamp = f"carbench {leaderboard.carbench_version()}, commit {leaderboard.git_commit()}, {leaderboard.now()}"
+    md = [f"# carbench leaderboards\n\n_{stamp}_\n"]
+    for title, table in sections:
+        md.append(f"## {title}\n\n{_md(table)}")
+    md.append("## Plots\n\n" + "\n".join(f"![{t}]({p.name})" for t, p in plots.items()) + "\n")
+    (out / "report.md").write_text("\n".join(md))
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>carbench leaderboards</title>"
+            f"<style>{CSS}</style></head><body><h1>carbench leaderboards</h1><p><em>{html.escape(stamp)}</em></p>"
+            "<p>Click a column header to sort.</p>"]
+    for title, table in sections:
+        page.append(f"<h2>{html.escape(title)}</h2>{_html_table(table)}")
+    page.append("<h2>Plots</h2>" + "".join(f'<img src="{p.name}" alt="{html.escape(t)}" title="{html.escape(t)}">'
+                                             for t, p in plots.items()))
+    page.append(f"<script>{SORT_JS}</script></body></html>")
+    (out / "report.html").write_text("".join(page))
+    return {"markdown": out / "report.md", "html": out / "report.html", **{t: p for t, p in plots.items()}}

@@ -1,0 +1,58 @@
+"""`benchmark check`: the regression gate passes on untouched boards and fails, naming the row, on a perturbed one."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from benchmark import leaderboard
+from benchmark.check import compare, format_findings, load_tolerances, run_check
+
+
+def _row(**kw):
+    base = {"method": "m", "preset": "p", "dataset": "samples", "channels": "rgb", "codec": "jpeg", "qf": "10",
+            "passes": "1", "subsampling": "420", "seed": "0", "source": "measured", "n_images": "6", "psnr": "27.1234",
+            "ssim": "0.7000", "psnrb": "26.0000", "bpp": "0.3000"}
+    return {**base, **kw}
+
+
+def test_compare_by_hand(tmp_path):
+    committed, measured = tmp_path / "c.csv", tmp_path / "m.csv"
+    leaderboard.upsert(committed, [_row(), _row(qf="20"), _row(qf="30")])
+    leaderboard.upsert(measured, [_row(psnr="27.1300"), _row(qf="20", psnr="27.1400"), _row(qf="30", n_images="5"),
+                                  _row(qf="40")])
+    tol = {"psnr": 0.01, "ssim": 0.0005, "psnrb": 0.01, "bpp": 0.0005}
+    findings = {(f.row.split("qf=")[1].split()[0], f.metric): f.verdict for f in compare("fidelity", committed, measured, tol)}
+    assert findings[("10", "psnr")] == "ok"  # +0.0066 dB, within 0.01
+    assert findings[("20", "psnr")] == "REGRESSION"  # +0.0166 dB
+    assert findings[("30", "n_images")] == "REGRESSION"  # a lost image is never within tolerance
+    assert findings[("40", "*")] == "NOT COMMITTED"
+
+
+def test_tolerance_file_is_validated(tmp_path):
+    assert load_tolerances()["fidelity"]["psnr"] == 0.01
+    bad = tmp_path / "tol.yaml"
+    bad.write_text("fidelity:\n  psnr: -1\n")
+    with pytest.raises(ValueError, match="fidelity.psnr"):
+        load_tolerances(bad)
+
+
+def test_gate_on_the_real_suite_passes_untouched_and_fails_perturbed(tmp_path, capsys):
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    shutil.copy(leaderboard.default_path("fidelity"), boards / "fidelity.csv")
+    rc, findings = run_check(["fidelity"], boards, methods="dncnn")
+    assert rc == 0, format_findings(findings)
+    assert sum(f.metric == "psnr" for f in findings) == 4  # jpeg and dncnn at QF 10 and 20 on `samples`
+
+    df = pd.read_csv(boards / "fidelity.csv", dtype=str, keep_default_na=False)
+    hit = (df.method == "dncnn") & (df.preset == "compact") & (df.dataset == "samples") & (df.qf == "10")
+    assert hit.sum() == 1
+    df.loc[hit, "psnr"] = f"{float(df.loc[hit, 'psnr'].iloc[0]) + 0.05:.4f}"
+    df.to_csv(boards / "fidelity.csv", index=False)
+    rc, findings = run_check(["fidelity"], boards, methods="dncnn")
+    failed = [f for f in findings if f.failed]
+    assert rc == 1 and len(failed) == 1
+    assert failed[0].metric == "psnr" and "method=dncnn" in failed[0].row and "qf=10" in failed[0].row
+    assert "REGRESSION" in format_findings(findings)
