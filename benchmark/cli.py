@@ -206,6 +206,50 @@ def cmd_check(args) -> int:
     return rc
 
 
+def baseline_methods(exclude: list[str]) -> list[str]:
+    """Every registered method whose default preset can run here: shipped/found weights, or self-contained."""
+    from lightning_modules.registry import _REGISTRY, _load_plugins, find_weights
+
+    _load_plugins()
+    names = []
+    for name, entry in sorted(_REGISTRY.items()):
+        preset = entry.presets[entry.default_preset]
+        if name == "jpeg" or name in exclude:
+            continue
+        if preset.self_contained or (preset.weights and find_weights(preset.weights)):
+            names.append(name)
+    return names
+
+
+def cmd_compare(args) -> int:
+    from lightning_modules.registry import MethodError, split_name
+
+    from . import leaderboard
+
+    try:
+        mine = [split_name(m)[0] if ":" in m else m for m in _csv(args.method)]
+    except MethodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    base_names = {m.split(".")[0] for m in mine}
+    baselines = baseline_methods(sorted(base_names)) if args.baselines == "all" else \
+        [b for b in _csv(args.baselines) if b.split(".")[0] not in base_names]
+    boards = args.boards or str(leaderboard.LEADERBOARD_DIR)
+    methods = ",".join(mine + baselines)
+    print(f"compare: {', '.join(mine)} against {', '.join(baselines) or '(no baselines)'}")
+    common = ["--qf", args.qf, "--quiet"]
+    rc = main(["run", "--method", methods, "--dataset", args.dataset, "--leaderboard", f"{boards}/fidelity.csv",
+               *common, *(["--data-root", args.data_root] if args.data_root else [])])
+    if args.task:
+        rc = max(rc, main(["run", "--task", args.task, "--method", "jpeg," + methods, "--leaderboard", boards,
+                           *common]))
+    if not args.no_report:
+        from .report import build
+
+        print(f"report: {build(boards)['html']}")
+    return rc
+
+
 def cmd_report(args) -> int:
     from .report import build
 
@@ -334,6 +378,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerances", default=None, help="tolerance file (default leaderboards/tolerances.yaml)")
     c.add_argument("--all", action="store_true", help="print every compared value, not only regressions")
     c.set_defaults(func=cmd_check)
+
+    cp = sub.add_parser("compare", help="a new method beside every baseline: fidelity (and task) boards + report")
+    cp.add_argument("--method", required=True, help="your method(s): a registered name (entry point) or "
+                                                    "path/to/file.py:ClassName or package.module:ClassName")
+    cp.add_argument("--baselines", default="all", help="'all' (every method with shipped/found weights) or a list")
+    cp.add_argument("--qf", default="10,20,30,40")
+    cp.add_argument("--dataset", default="samples", help="comma list, as for `run`")
+    cp.add_argument("--data-root", default=None)
+    cp.add_argument("--task", default=None, help="also these downstream tasks (comma list), on the shapes set")
+    cp.add_argument("--boards", default=None, help="leaderboard folder (default leaderboards/)")
+    cp.add_argument("--no-report", action="store_true")
+    cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="Markdown + static HTML leaderboard and PNG plots (leaderboards/report/)")
     rp.add_argument("--boards", default=None, help="folder of the leaderboard CSVs (default leaderboards/)")

@@ -27,6 +27,7 @@ class Preset:
     weights: str | None = None  # file under lightning_modules/checkpoints/, or an absolute path
     loader: Callable[[str], dict] | None = None  # foreign format -> state dict
     description: str = ""
+    self_contained: bool = False  # the builder returns a ready network (loads its own weights, or has none)
 
 
 @dataclass
@@ -68,8 +69,42 @@ def _load_plugins() -> None:
             warnings.warn(f"carbench.methods plugin {ep.name!r} failed to load: {e}", stacklevel=2)
 
 
+def load_external(spec: str) -> str:
+    """`path/to/file.py:ClassName` or `package.module:ClassName` -> registered under `classname` (preset `none`).
+    The class (or factory) is called without arguments and must return a ready network: it loads its own weights
+    (or pass --weights FILE)."""
+    import importlib
+    import importlib.util
+
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise MethodError(f"method {spec!r}: expected path/to/file.py:ClassName or package.module:ClassName")
+    try:
+        if target.endswith(".py"):
+            path = Path(target)
+            if not path.is_file():
+                raise MethodError(f"method {spec!r}: file {path} does not exist")
+            mod_spec = importlib.util.spec_from_file_location(f"carbench_external_{path.stem}", path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except MethodError:
+        raise
+    except Exception as e:  # the user's code: name it and what went wrong
+        raise MethodError(f"method {spec!r}: importing {target} failed: {type(e).__name__}: {e}") from e
+    if not hasattr(module, attr):
+        raise MethodError(f"method {spec!r}: {target} has no {attr!r}")
+    name = attr.lower()
+    register(name, presets={"none": Preset(self_contained=True, description=f"external: {spec}")},
+             description=f"external method {spec}")(getattr(module, attr))
+    return name
+
+
 def get_entry(name: str) -> MethodEntry:
     _load_plugins()
+    if ":" in name:
+        name = load_external(name)
     if name not in _REGISTRY:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
@@ -77,6 +112,8 @@ def get_entry(name: str) -> MethodEntry:
 
 def split_name(name: str, preset: str | None = None) -> tuple[str, str | None]:
     """`dncnn.paper` -> ('dncnn', 'paper'); an explicit preset must agree with the dotted one."""
+    if ":" in name:  # an external `file.py:Class` spec: its dots are not a preset
+        return load_external(name), preset
     base, _, dotted = name.partition(".")
     if dotted and preset and dotted != preset:
         raise MethodError(f"method {name!r} names preset {dotted!r} but preset={preset!r} was also given")
@@ -183,7 +220,7 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     kwargs = {**preset.kwargs, **overrides}
     net = entry.build(**kwargs)
     source = weights if weights is not None else (preset.weights if pretrained else None)
-    if source is None and pretrained and any(True for _ in net.parameters()):
+    if source is None and pretrained and not preset.self_contained and any(True for _ in net.parameters()):
         # never score a random network as if it were the method
         raise MethodError(f"{entry.name}.{preset_name} has no published or shipped weights: pass --weights FILE "
                           f"(or train it: benchmark train --method {entry.name} --preset {preset_name})")
