@@ -67,7 +67,7 @@ def _label(row, key) -> str:
 
 def compare(board: str, committed_csv: Path, measured_csv: Path, tolerances: dict[str, float]) -> list[Finding]:
     key, metrics = _key_and_metrics(board)
-    old, new = leaderboard.read(committed_csv), leaderboard.read(measured_csv)
+    old, new = leaderboard.read(committed_csv, board), leaderboard.read(measured_csv, board)
     if new.empty:
         return []
     committed = {tuple(r[k] for k in key): r for _, r in old.iterrows()} if not old.empty else {}

@@ -3,7 +3,8 @@ written to `leaderboards/efficiency.csv` next to the papers' own tables (source=
 
 Counting conventions, so rows compare: `gflops` counts a multiply-add as 2 FLOPs (FlopCounterMode's convention);
 `gmacs` = gflops / 2 is what most CAR papers (thop/ptflops) print as "FLOPs". Latency is the median wall time of
-`repeat` forward passes (batch 1, no grad) after one warm-up, with the machine's torch thread count.
+`repeat` forward passes (batch 1, no grad) after one warm-up, with the machine's torch thread count; where CUDA is
+available, `gpu_latency_ms` is the same on the GPU (CUDA events). Cost is the network as it runs at test time.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 from . import leaderboard, published
 
 EFFICIENCY_KEY = ["method", "preset", "input", "device", "source"]
-EFFICIENCY_COLUMNS = EFFICIENCY_KEY[:-1] + ["params_m", "gflops", "gmacs", "latency_ms", "threads", "source", "note",
+EFFICIENCY_COLUMNS = EFFICIENCY_KEY[:-1] + ["params_m", "gflops", "gmacs", "latency_ms", "threads", "gpu_latency_ms",
+                                            "gpu", "source", "note",
                                             "torch", "carbench_version", "git_commit", "created_at"]
 
 
@@ -54,7 +56,23 @@ def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> d
             t0 = time.perf_counter()
             module(x)
             times.append(time.perf_counter() - t0)
+    gpu_ms, gpu = "", ""
+    if torch.cuda.is_available():  # a second latency on the GPU when there is one (CUDA events, synchronised)
+        gpu = torch.cuda.get_device_name(0)
+        module_gpu, xg = module.cuda(), x.cuda()
+        with torch.no_grad():
+            module_gpu(xg)
+            gpu_times = []
+            for _ in range(repeat):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                module_gpu(xg)
+                end.record()
+                torch.cuda.synchronize()
+                gpu_times.append(start.elapsed_time(end))
+        gpu_ms = statistics.median(gpu_times)
     return {"method": module.method_name, "preset": module.preset_name, "input": f"{size}x{size} rgb",
+            "gpu_latency_ms": gpu_ms, "gpu": gpu,
             "device": f"cpu: {cpu_name()}", "params_m": params / 1e6, "gflops": flops / 1e9, "gmacs": flops / 2e9,
             "latency_ms": 1000 * statistics.median(times), "threads": torch.get_num_threads(), "source": "measured",
             "note": f"median of {repeat} after 1 warm-up", "torch": torch.__version__}

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import math
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +22,66 @@ TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "pass
 TASK_COLUMNS = TASK_KEY[:-2] + ["metric", "value", "n_images", "source", "model_weights", "weights", "codec_lib",
                                 "carbench_version", "git_commit", "created_at"]
 LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
+SOURCES = ("measured", "paper")
+
+
+class LeaderboardError(ValueError):
+    """A row or file that does not fit its board's schema; the message names the file, row and column."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """One board: its columns, the key that identifies a row, the numeric columns, and the metric a measured row
+    must carry (a finite number)."""
+    key: tuple
+    columns: tuple
+    numeric: tuple
+    headline: str
+
+
+def _schemas() -> dict[str, Schema]:
+    from .efficiency import EFFICIENCY_COLUMNS, EFFICIENCY_KEY
+
+    task = Schema(tuple(TASK_KEY), tuple(TASK_COLUMNS), ("value", "n_images"), "value")
+    return {"fidelity": Schema(tuple(FIDELITY_KEY), tuple(FIDELITY_COLUMNS),
+                               ("psnr", "ssim", "psnrb", "bpp", "n_images", "n_skipped"), "psnr"),
+            "classification": task, "detection": task, "segmentation": task,
+            "efficiency": Schema(tuple(EFFICIENCY_KEY), tuple(EFFICIENCY_COLUMNS),
+                                 ("params_m", "gflops", "gmacs", "latency_ms", "threads"), "params_m")}
+
+
+def schema_for(columns) -> Schema | None:
+    return next((s for s in _schemas().values() if tuple(columns) == s.columns), None)
+
+
+def validate(df: pd.DataFrame, schema: Schema, where: str) -> None:
+    """Raise LeaderboardError at the first row that breaks the schema."""
+    missing = [c for c in schema.key if c not in df.columns]
+    if missing:
+        raise LeaderboardError(f"{where}: missing columns {missing} (a {len(df.columns)}-column file; the board has "
+                               f"{', '.join(schema.columns)})")
+    for i, r in enumerate(df.to_dict("records")):
+        src = r.get("source", "")
+        if src not in SOURCES:
+            raise LeaderboardError(f"{where}: row {i + 1} ({_row_label(r, schema)}): source {src!r} is not one of "
+                                   f"{SOURCES}")
+        for c in schema.numeric:
+            v = r.get(c, "")
+            if v not in ("", None):
+                try:
+                    float(v)
+                except (TypeError, ValueError):
+                    raise LeaderboardError(f"{where}: row {i + 1} ({_row_label(r, schema)}): {c}={v!r} is not a "
+                                           f"number") from None
+        if src == "measured":
+            v = r.get(schema.headline, "")
+            if v in ("", None) or not math.isfinite(float(v)):
+                raise LeaderboardError(f"{where}: row {i + 1} ({_row_label(r, schema)}): a measured row needs a "
+                                       f"finite {schema.headline}, got {v!r}")
+
+
+def _row_label(r: dict, schema: Schema) -> str:
+    return " ".join(f"{k}={r.get(k, '')}" for k in schema.key if r.get(k, "") not in ("",))
 
 
 def default_path(board: str = "fidelity") -> Path:
@@ -58,11 +120,18 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def read(path: str | os.PathLike) -> pd.DataFrame:
+def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
+    """A board as strings; `board` (fidelity, classification, ..., efficiency) validates it against its schema."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
+    if board is not None:
+        validate(df, _schemas()[board], str(path))
+    return df
 
 
 def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_KEY,
@@ -71,6 +140,9 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([{c: _fmt(r.get(c, "")) for c in columns} for r in rows], columns=columns, dtype=str)
+    schema = schema_for(columns)
+    if schema is not None:  # refuse a bad row before touching the file
+        validate(new, schema, f"rows for {path}")
     with FileLock(str(path) + ".lock", timeout=120):
         old = read(path)
         if not old.empty:

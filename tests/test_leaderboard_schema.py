@@ -1,0 +1,46 @@
+"""Every board has one schema, checked on write (before the file is touched) and on read."""
+from __future__ import annotations
+
+import pytest
+
+from benchmark import leaderboard
+from benchmark.leaderboard import LeaderboardError
+
+
+def _row(**kw):
+    return {"method": "m", "preset": "p", "dataset": "d", "channels": "rgb", "codec": "jpeg", "qf": "10", "passes": 1,
+            "subsampling": "420", "seed": 0, "source": "measured", "n_images": 6, "psnr": 27.5, **kw}
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(source="guessed"), "source 'guessed'"),
+    (dict(psnr="high"), "psnr='high' is not a number"),
+    (dict(psnr=float("nan")), "finite psnr"),
+    (dict(psnr=""), "finite psnr"),
+])
+def test_bad_rows_are_refused_and_the_file_is_untouched(tmp_path, bad, message):
+    path = tmp_path / "fidelity.csv"
+    leaderboard.upsert(path, [_row()])
+    before = path.read_bytes()
+    with pytest.raises(LeaderboardError, match=message):
+        leaderboard.upsert(path, [_row(qf="20", **bad)])
+    assert path.read_bytes() == before
+
+
+def test_paper_rows_may_lack_measurement_fields(tmp_path):
+    path = tmp_path / "fidelity.csv"
+    leaderboard.upsert(path, [_row(source="paper", psnr=27.95, n_images="")])
+    assert leaderboard.read(path, "fidelity").source.tolist() == ["paper"]
+
+
+def test_read_validates_and_names_the_file(tmp_path):
+    path = tmp_path / "detection.csv"
+    path.write_text("task,model,value\ndetection,x,1\n")
+    with pytest.raises(LeaderboardError, match=r"detection.csv: missing columns \['method'"):
+        leaderboard.read(path, "detection")
+
+
+@pytest.mark.parametrize("board", ["fidelity", "classification", "detection", "segmentation", "efficiency"])
+def test_committed_boards_fit_their_schema(board):
+    df = leaderboard.read(leaderboard.default_path(board), board)
+    assert len(df) and set(df.source) <= {"measured", "paper"}
