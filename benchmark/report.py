@@ -94,6 +94,29 @@ def plot_passes(df: pd.DataFrame, out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def plot_task_passes(boards: Path, task: str, metric: str, out: Path) -> Path | None:
+    """A task's metric vs the number of JPEG passes (multi-pass rows), one line per method; clean as a line."""
+    df = leaderboard.read(boards / f"{task}.csv")
+    if df.empty:
+        return None
+    sel = df[(df.metric == metric) & (df.source == "measured") & df.qf.str.contains("/")]
+    if sel.empty:
+        return None
+    clean = df[(df.metric == metric) & (df.method == "clean")]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for (label, qf), g in sel.assign(label=[_label(r) for _, r in sel.iterrows()]).groupby(["label", "qf"]):
+        g = g.assign(n=g.passes.astype(int), v=g.value.astype(float)).sort_values("n")
+        ax.plot(g.n, g.v, marker="o", label=f"{label} (QFs {qf})")
+    if len(clean):
+        ax.axhline(float(clean.value.iloc[0]), color="gray", linestyle="--", label="clean")
+    ax.set(xlabel="JPEG passes", ylabel=f"{metric} (%)", title=f"{task}: {metric} vs JPEG passes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def cost_points(df: pd.DataFrame, eff: pd.DataFrame) -> list[dict]:
     """Per (method.preset, source): PSNR gain over jpeg at GAIN_AT, latency, MACs, params."""
     if df.empty or eff.empty:
@@ -255,6 +278,9 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
             p = plot_task_board(boards / f"{task}.csv", metric, out / f"{task}.png")
             if p:
                 plots[f"{task}: {metric} vs QF"] = p
+            p = plot_task_passes(boards, task, metric, out / f"{task}_passes.png")
+            if p:
+                plots[f"{task}: {metric} vs JPEG passes"] = p
     sections = [("Fidelity (measured; paper value and delta where a paper reports the same row)",
                  fidelity_table(df) if not df.empty else pd.DataFrame())]
     sections += [(f"{task.capitalize()} (values in percent)", task_table(boards, task)) for task in TASKS]

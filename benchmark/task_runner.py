@@ -238,7 +238,7 @@ def format_task_table(task: str, rows: list[dict]) -> str:
         key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
         lines.setdefault(key, {"n": r["n_images"]})[r["metric"]] = r["value"]
     direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] == DIRECT}
-    header = ["model", "method", "preset", "codec", "qf", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
+    header = ["model", "method", "preset", "codec", "qf", "pass", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
     table = []
     for k, v in lines.items():
         ref = direct.get((k[0], k[3], k[4], k[5], k[6]))
@@ -246,7 +246,7 @@ def format_task_table(task: str, rows: list[dict]) -> str:
         paper = None
         if k[1] == DIRECT or k[2] == "paper":
             paper = task_value(task, k[6].partition(":")[0], k[0], k[1], k[3], str(k[4]), metrics[0])
-        table.append([k[0], k[1], k[2], k[3], str(k[4]), str(v["n"]),
+        table.append([k[0], k[1], k[2], k[3], str(k[4]), str(k[5] or ""), str(v["n"]),
                       *(f"{v[m]:.2f}" if m in v else "-" for m in metrics), delta, "" if paper is None else f"{paper:g}"])
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
