@@ -172,7 +172,7 @@ METHOD_PAPER = {"dagn": "dagn", "n2n_unet": "n2n", "afd": "afd", "dualpriors": "
 def cmd_efficiency(args) -> int:
     from lightning_modules import available
 
-    from .efficiency import format_table, measure, paper_rows, write
+    from .efficiency import format_table, forms, measure, paper_rows, write
 
     names: list[str] = []
     for pattern in (m.strip() for m in args.method.split(",") if m.strip()):
@@ -183,8 +183,9 @@ def cmd_efficiency(args) -> int:
         names += [n for n in found if n not in names and not n.startswith("jpeg")]
     rows = []
     for name in names:
-        print(f"measuring {name} at {args.size}x{args.size} ...", flush=True)
-        rows.append(measure(name, args.size, args.repeat))
+        for form in forms(name):
+            print(f"measuring {name} ({form} form) at {args.size}x{args.size} ...", flush=True)
+            rows.append(measure(name, args.size, args.repeat, form=form))
     rows += paper_rows(sorted({METHOD_PAPER[n.split(".")[0]] for n in names if n.split(".")[0] in METHOD_PAPER}))
     print(format_table(rows))
     if not args.dry_run:

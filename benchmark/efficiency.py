@@ -16,7 +16,8 @@ import torch
 
 from . import leaderboard, published
 
-EFFICIENCY_KEY = ["method", "preset", "input", "device", "source"]
+EFFICIENCY_KEY = ["method", "preset", "form", "input", "device", "source"]
+REPARAM_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")  # timm's / RepVGG's conventions
 EFFICIENCY_COLUMNS = EFFICIENCY_KEY[:-1] + ["params_m", "gflops", "gmacs", "latency_ms", "threads", "gpu_latency_ms",
                                             "gpu", "source", "note",
                                             "torch", "carbench_version", "git_commit", "created_at"]
@@ -41,11 +42,30 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> dict:
-    """One row for `method[.preset]` (random weights: cost does not depend on them)."""
+def reparameterizable(net: torch.nn.Module) -> bool:
+    """Has branches that fuse for inference (RepVGG-style blocks, conv+BN pairs with a `fuse`)."""
+    return any(hasattr(m, hook) for m in net.modules() for hook in REPARAM_HOOKS)
+
+
+def forms(name: str) -> list[str]:
+    """`train` and `deploy` for a re-parameterisable network, else just `deploy` (the two are the same)."""
     from lightning_modules import create
 
+    return ["train", "deploy"] if reparameterizable(create(name, pretrained=False).net) else ["deploy"]
+
+
+def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3, form: str = "deploy") -> dict:
+    """One row for `method[.preset]` (random weights: cost does not depend on them). form=deploy re-parameterises
+    the network first (timm's `reparameterize_model`) when it can be."""
+    from lightning_modules import create
+
+    if form not in ("train", "deploy"):
+        raise ValueError(f"efficiency form {form!r}: train or deploy")
     module = create(name, pretrained=False).eval()
+    if form == "deploy" and reparameterizable(module.net):
+        from timm.utils.model import reparameterize_model
+
+        module.net = reparameterize_model(module.net)
     x = torch.rand(1, channels, size, size)
     params = sum(p.numel() for p in module.net.parameters())
     flops = count_flops(module, x)
@@ -71,7 +91,7 @@ def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> d
                 torch.cuda.synchronize()
                 gpu_times.append(start.elapsed_time(end))
         gpu_ms = statistics.median(gpu_times)
-    return {"method": module.method_name, "preset": module.preset_name, "input": f"{size}x{size} rgb",
+    return {"method": module.method_name, "preset": module.preset_name, "form": form, "input": f"{size}x{size} rgb",
             "gpu_latency_ms": gpu_ms, "gpu": gpu,
             "device": f"cpu: {cpu_name()}", "params_m": params / 1e6, "gflops": flops / 1e9, "gmacs": flops / 2e9,
             "latency_ms": 1000 * statistics.median(times), "threads": torch.get_num_threads(), "source": "measured",
@@ -86,7 +106,8 @@ def paper_rows(methods: list[str]) -> list[dict]:
     rows = []
     for _, r in table[table["paper"].isin(methods)].iterrows():
         ms = r["runtime_ms"] or r["gpu_ms"] or r["cpu_ms"]
-        rows.append({"method": r["method"], "preset": "paper", "input": r["input"], "device": r["device"],
+        rows.append({"method": r["method"], "preset": "paper", "form": "deploy", "input": r["input"],
+                     "device": r["device"],
                      "params_m": r["params_m"], "gflops": "", "gmacs": r["flops_g"], "latency_ms": ms,
                      "threads": "", "source": "paper",
                      "note": f"{r['paper']} Table {r['table']}: 'FLOPs' as printed (read as multiply-adds); "
@@ -103,11 +124,11 @@ def write(rows: list[dict], path=None) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<12}{'preset':<18}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
+    head = f"{'method':<12}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
     lines = [head]
     for r in rows:
         def num(v, fmt):
             return format(float(v), fmt) if v not in ("", None) else "-"
-        lines.append(f"{r['method']:<12}{r['preset']:<18}{r['source']:<10}{num(r['params_m'], '10.2f')}"
+        lines.append(f"{r['method']:<12}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
                      f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
     return "\n".join(lines)

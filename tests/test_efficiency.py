@@ -31,6 +31,44 @@ def test_measure_row_matches_the_network(tmp_path):
     assert path.read_text().count("dncnn,compact") == 1
 
 
+def test_train_and_deploy_forms_of_a_reparameterisable_net(monkeypatch):
+    from benchmark.efficiency import forms
+    from lightning_modules import registry
+    from lightning_modules.registry import Preset, register
+
+    class RepBlock(torch.nn.Module):
+        """3x3 + 1x1 branches at training time; one 3x3 after `reparameterize()` (RepVGG's idea)."""
+
+        def __init__(self):
+            super().__init__()
+            self.k3, self.k1, self.fused = torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 1), None
+
+        def reparameterize(self):
+            self.fused = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.fused.weight.data = self.k3.weight.data + torch.nn.functional.pad(self.k1.weight.data, (1, 1, 1, 1))
+            self.fused.bias.data = self.k3.bias.data + self.k1.bias.data
+            del self.k3, self.k1
+
+        def forward(self, x):
+            return self.fused(x) if self.fused is not None else self.k3(x) + self.k1(x)
+
+    class RepNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = RepBlock()
+
+        def forward(self, x):
+            return x + self.block(x)
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    register("repnet", presets={"none": Preset(self_contained=True)})(RepNet)
+    assert forms("repnet") == ["train", "deploy"] and forms("dncnn.compact") == ["deploy"]
+    train, deploy = measure("repnet", size=16, repeat=1, form="train"), measure("repnet", size=16, repeat=1)
+    assert train["params_m"] * 1e6 == 3 * 3 * 9 + 3 + 3 * 3 + 3 and deploy["params_m"] * 1e6 == 3 * 3 * 9 + 3
+    # 2 FLOPs per multiply-add: the 1x1 branch's 16*16*3*3 MACs disappear in the deploy form
+    assert train["gflops"] * 1e9 - deploy["gflops"] * 1e9 == pytest.approx(2 * 16 * 16 * 3 * 3)
+
+
 @need_shared("published", "efficiency.csv")
 def test_paper_rows_carry_table_III():
     rows = {r["method"]: r for r in paper_rows(["dagn"])}
