@@ -230,10 +230,10 @@ def test_plot_draws_the_board_values(tmp_path):
     from benchmark.plots import plot_task_board, task_series
 
     rows = [{"task": "classification", "model": "m", "method": "clean", "preset": "", "dataset": "shapes",
-             "codec": "none", "qf": "", "passes": 0, "metric": "top1", "value": 97.0}]
+             "codec": "none", "qf": "", "passes": 0, "metric": "top1", "value": 97.0, "source": "measured"}]
     for method, preset, values in (("direct", "", (80.0, 90.0)), ("dncnn", "compact", (82.0, 91.0))):
         rows += [{"task": "classification", "model": "m", "method": method, "preset": preset, "dataset": "shapes",
-                  "codec": "jpeg", "qf": str(q), "passes": 1, "metric": "top1", "value": v}
+                  "codec": "jpeg", "qf": str(q), "passes": 1, "metric": "top1", "value": v, "source": "measured"}
                  for q, v in zip((20, 10), values[::-1])]
     board = leaderboard.upsert(tmp_path / "classification.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
     assert task_series(board, "top1") == {"clean": 97.0, "direct": [(10, 80.0), (20, 90.0)],
