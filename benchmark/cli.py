@@ -141,13 +141,15 @@ def cmd_list(args) -> int:
 
 
 def _qf_range(text: str) -> tuple[int, int]:
-    parts = [p for p in text.split(",") if p.strip()]
+    parts = _csv(text)
+    if not parts:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: expected LO,HI such as 10,40")
     try:
-        lo, hi = (int(parts[0]), int(parts[-1]))
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: expected LO,HI such as 10,40") from None
-    if len(parts) > 2 or not 1 <= lo <= hi <= 100:
-        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: need 1 <= LO <= HI <= 100")
+        lo, hi = parse_qf(parts[0]), parse_qf(parts[-1])
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: {e}") from None
+    if len(parts) > 2 or lo > hi:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: need LO <= HI, two values")
     return lo, hi
 
 
@@ -172,20 +174,19 @@ METHOD_PAPER = {"dagn": "dagn", "n2n_unet": "n2n", "afd": "afd", "dualpriors": "
 def cmd_efficiency(args) -> int:
     from lightning_modules import available
 
-    from .efficiency import format_table, forms, measure, paper_rows, write
+    from .efficiency import format_table, measure_forms, paper_rows, write
 
     names: list[str] = []
-    for pattern in (m.strip() for m in args.method.split(",") if m.strip()):
+    for pattern in _csv(args.method):
         found = available(pattern)
         if not found:
             print(f"error: no method matches {pattern!r}; see `benchmark list`", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
         names += [n for n in found if n not in names and not n.startswith("jpeg")]
     rows = []
     for name in names:
-        for form in forms(name):
-            print(f"measuring {name} ({form} form) at {args.size}x{args.size} ...", flush=True)
-            rows.append(measure(name, args.size, args.repeat, form=form))
+        print(f"measuring {name} at {args.size}x{args.size} ...", flush=True)
+        rows += measure_forms(name, args.size, args.repeat)
     rows += paper_rows(sorted({METHOD_PAPER[n.split(".")[0]] for n in names if n.split(".")[0] in METHOD_PAPER}))
     print(format_table(rows))
     if not args.dry_run:

@@ -51,7 +51,11 @@ def forms(name: str) -> list[str]:
     """`train` and `deploy` for a re-parameterisable network, else just `deploy` (the two are the same)."""
     from lightning_modules import create
 
-    return ["train", "deploy"] if reparameterizable(create(name, pretrained=False).net) else ["deploy"]
+    return _forms_of(create(name, pretrained=False).net)
+
+
+def _forms_of(net: torch.nn.Module) -> list[str]:
+    return ["train", "deploy"] if reparameterizable(net) else ["deploy"]
 
 
 def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3, form: str = "deploy") -> dict:
@@ -61,11 +65,30 @@ def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3, form
 
     if form not in ("train", "deploy"):
         raise ValueError(f"efficiency form {form!r}: train or deploy")
+    return _measure(create(name, pretrained=False).eval(), form, size, repeat, channels)
+
+
+def measure_forms(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> list[dict]:
+    """A row per form of `name` (see `forms`), building the network once."""
+    from lightning_modules import create
+
     module = create(name, pretrained=False).eval()
-    if form == "deploy" and reparameterizable(module.net):
+    return [_measure(module, form, size, repeat, channels) for form in _forms_of(module.net)]
+
+
+def _measure(module, form: str, size: int, repeat: int, channels: int) -> dict:
+    trained = module.net
+    if form == "deploy" and reparameterizable(trained):
         from timm.utils.model import reparameterize_model
 
-        module.net = reparameterize_model(module.net)
+        module.net = reparameterize_model(trained)  # a fused copy: the training form stays intact
+    try:
+        return _measure_as_is(module, form, size, repeat, channels)
+    finally:
+        module.net = trained
+
+
+def _measure_as_is(module, form: str, size: int, repeat: int, channels: int) -> dict:
     x = torch.rand(1, channels, size, size)
     params = sum(p.numel() for p in module.net.parameters())
     flops = count_flops(module, x)
@@ -90,6 +113,7 @@ def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3, form
                 end.record()
                 torch.cuda.synchronize()
                 gpu_times.append(start.elapsed_time(end))
+        module.cpu()  # the next form is timed on the CPU again
         gpu_ms = statistics.median(gpu_times)
     return {"method": module.method_name, "preset": module.preset_name, "form": form, "input": f"{size}x{size} rgb",
             "gpu_latency_ms": gpu_ms, "gpu": gpu,

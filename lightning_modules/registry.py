@@ -42,6 +42,7 @@ class MethodEntry:
 
 _REGISTRY: dict[str, MethodEntry] = {}
 _plugins_loaded = False
+_EXTERNAL: dict[str, str] = {}  # `file.py:Class` spec -> registered name
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
@@ -76,6 +77,8 @@ def load_external(spec: str) -> str:
     import importlib
     import importlib.util
 
+    if _EXTERNAL.get(spec) in _REGISTRY:  # imported once per process: the user's module is not executed again per create()
+        return _EXTERNAL[spec]
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
         raise MethodError(f"method {spec!r}: expected path/to/file.py:ClassName or package.module:ClassName")
@@ -98,6 +101,7 @@ def load_external(spec: str) -> str:
     name = attr.lower()
     register(name, presets={"none": Preset(self_contained=True, description=f"external: {spec}")},
              description=f"external method {spec}")(getattr(module, attr))
+    _EXTERNAL[spec] = name
     return name
 
 
