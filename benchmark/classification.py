@@ -307,6 +307,30 @@ class ClassificationSet(Dataset):
             {"index": index, "name": path.stem}
 
 
+
+class JPEGTrainingSet(Dataset):
+    """Labelled training items for fine-tuning on JPEG data (the transfer-learning baseline): the ImageNet-C crop of
+    each image, JPEG-compressed at a QF drawn from `qf_set`; -> (float JPEG CHW, float clean CHW, label).
+    Item i is a pure function of (seed, i)."""
+
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], qf_set: Sequence[int], length: int,
+                 seed: int = 0, resize: int = RESIZE, crop: int = CROP):
+        if not samples or not qf_set:
+            raise DatasetError("JPEGTrainingSet needs images and a QF set")
+        self.clean = ClassificationSet(samples, None, resize, crop)
+        self.qf_set, self.length, self.seed = tuple(qf_set), length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, i])
+        px, label, _ = self.clean[int(rng.integers(len(self.clean)))]
+        qf = int(self.qf_set[rng.integers(len(self.qf_set))])
+        jpeg, _ = apply(np.ascontiguousarray(px.permute(1, 2, 0).numpy()), Corruption("jpeg", (qf,)))
+        return (torch.from_numpy(np.ascontiguousarray(jpeg)).permute(2, 0, 1).float() / 255, px.float() / 255,
+                torch.tensor(label))
+
 # ---- accuracy ------------------------------------------------------------------------------------------------------
 class TopKAccuracy(Metric):
     """Top-k accuracies in percent, `{"top1": ..., "top5": ...}`; exact under DDP when `update` gets image ids

@@ -153,6 +153,16 @@ def _qf_range(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _qf_set(text: str) -> tuple[int, ...]:
+    try:
+        qfs = tuple(parse_qf(q) for q in text.split(",") if q.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: {e}") from None
+    if not qfs:
+        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: give at least one QF")
+    return qfs
+
+
 def cmd_train(args) -> int:
     from .train import train, train_task
 
@@ -163,7 +173,8 @@ def cmd_train(args) -> int:
     train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
           seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator, devices=args.devices,
           noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init, resume=args.resume,
-          ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config)
+          ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config, task_model=args.task_model,
+          task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set)
     return 0
 
 
@@ -348,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "clean image; N2N U-Net's Noise2Noise mode)")
     t.add_argument("--qf-range", type=_qf_range, default=None, metavar="LO,HI",
                    help="JPEG qualities drawn for training crops, e.g. 10,10 for a per-QF model (default 5,50)")
+    t.add_argument("--qf-set", type=_qf_set, default=None, metavar="Q,Q,...",
+                   help="JPEG qualities to draw from (feature de-drifters: default 25,18,15,10,7)")
+    t.add_argument("--task-model", default=None, help="afd / degradation_prior / jpeg_finetune: the frozen "
+                                                      "classifier (default: the preset's backbone)")
+    t.add_argument("--task-weights", default=None, help="that classifier's weights file")
+    t.add_argument("--depth", default=None, choices=["D1", "D2", "D3", "D4"],
+                   help="afd / degradation_prior: the tap (paper Table I; default the preset's)")
     t.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of random init")
     t.add_argument("--ckpt-dir", default=None, help="write Lightning checkpoints (last.ckpt) here during training")
     t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")

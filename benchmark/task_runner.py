@@ -1,7 +1,9 @@
 """Downstream runs: for each task, corrupt -> (restore | nothing) -> task model -> task metric.
 
 Per task, one `direct` job scores the uncorrupted images (`clean` rows) and every corruption without restoration
-(`direct` rows); then one job per restorer scores its restored images. A failing job is reported with its culprit
+(`direct` rows); then one job per method: a restorer pre-processes the images, a feature de-drifter (`afd`,
+`degradation_prior`) is inserted into the classifier, a fine-tuned classifier (`jpeg_finetune`) replaces it. In
+classification every method is also scored on the clean images (codec `none`), where a method can only lose. A failing job is reported with its culprit
 and the others go on. Rows are long-format (one metric per row, values in percent) for `leaderboards/<task>.csv`.
 
 Datasets: `shapes` (procedural, embedded; task models shipped) or a real layout `kind:PATH`:
@@ -181,11 +183,19 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             continue
         for method in [DIRECT] + restorers:
             t0 = time.time()
-            job = [None] + corruptions if method == DIRECT else list(corruptions)
+            scored, plugged = None, None
             try:
-                restorer = None if method == DIRECT else create(method, req.preset, req.weights)
+                scored = None if method == DIRECT else create(method, req.preset, req.weights)
+                kind = getattr(scored, "kind", "restorer")
+                # every classification method is also scored on the clean images: what it costs there (Table X)
+                job = [None] + corruptions if method == DIRECT or task == "classification" else list(corruptions)
+                net, restorer = tm.net, None if kind != "restorer" else scored
+                if kind != "restorer":
+                    if task != "classification":
+                        raise ValueError(f"{method} works inside a classifier; it has no {task} form")
+                    plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
                 loaders = _loaders(task, req, job, cache)
-                ev = TaskEvaluator(task, tm.net, len(job), tm.num_classes, restorer, req.tile)
+                ev = TaskEvaluator(task, net, len(job), tm.num_classes, restorer, req.tile)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -194,25 +204,29 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             except Exception as e:  # noqa: BLE001
                 failures.append(JobFailure(f"{task}/{method}", req.dataset, f"{type(e).__name__}: {e}"))
                 continue
+            finally:
+                if hasattr(plugged, "detach_hook"):  # the shared classifier leaves the job as it came
+                    plugged.detach_hook()
             if trainer.global_rank != 0:
                 continue
             seconds = time.time() - t0
             for c, res in zip(job, ev.results):
-                rows[task] += _rows(task, tm, method, restorer, req, c, res, versions, seconds)
+                rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds)
     return rows, failures
 
 
-def _rows(task, tm, method, restorer, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):
+def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):
+    """Rows of one (method, corruption) result; `scored` is the method's module (None: the plain task model)."""
+    method_name = (CLEAN if c is None else DIRECT) if scored is None else scored.method_name
+    preset = "" if scored is None else scored.preset_name
     if c is None:
-        method_name, preset, codec, qf, passes, sub = CLEAN, "", "none", "", 0, ""
+        codec, qf, passes, sub = "none", "", 0, ""
     else:
-        method_name = DIRECT if restorer is None else restorer.method_name
-        preset = "" if restorer is None else restorer.preset_name
         codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
     base = {
         "task": task, "model": tm.name, "method": method_name, "preset": preset, "dataset": req.dataset,
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
-        "source": "measured", "model_weights": tm.weights, "weights": "" if restorer is None else restorer.weights_path,
+        "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
         "codec_lib": codec_lib(codec, versions) if c is not None else "",
         "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),
@@ -237,12 +251,12 @@ def format_task_table(task: str, rows: list[dict]) -> str:
     for r in rows:
         key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
         lines.setdefault(key, {"n": r["n_images"]})[r["metric"]] = r["value"]
-    direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] == DIRECT}
+    direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] in (DIRECT, CLEAN)}
     header = ["model", "method", "preset", "codec", "qf", "pass", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
     table = []
     for k, v in lines.items():
         ref = direct.get((k[0], k[3], k[4], k[5], k[6]))
-        delta = "" if ref is None or k[1] == DIRECT else f"{v[metrics[0]] - ref[metrics[0]]:+.2f}"
+        delta = "" if ref is None or k[1] in (DIRECT, CLEAN) else f"{v[metrics[0]] - ref[metrics[0]]:+.2f}"
         paper = None
         if k[1] == DIRECT or k[2] == "paper":
             paper = task_value(task, k[6].partition(":")[0], k[0], k[1], k[3], str(k[4]), metrics[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from datamodules.corruptions import AFD_QF_SET
 from datamodules.fidelity import TrainDataModule
 from lightning_modules import create
 from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset
@@ -25,8 +26,17 @@ TRAIN_DEFAULTS = {
     "dagn": dict(steps=2000, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1",
                  ae_steps=200, ae_batch_size=16, ae_crop=64, ae_lr=1e-3, ae_milestones=(), lambda_ci=1e-3, lambda_cs=1e-3),
 }
+# feature de-drifters (label-free, MSE to the clean features) and the fine-tuning baseline: CPU-sized schedules
+# with the paper's shape (Adam, lr x0.2 at half the steps, QFs drawn from 25/18/15/10/7); the paper's recipe is
+# benchmark/configs/afd_paper.yaml
+_PLUGIN = dict(batch_size=16, crop=64, qf_set=AFD_QF_SET, lr_milestones=(0.5,), lr_gamma=0.2, loss="mse")
+TRAIN_DEFAULTS.update({
+    "afd": dict(_PLUGIN, steps=1500, lr=1e-3),
+    "degradation_prior": dict(_PLUGIN, steps=1500, lr=1e-3),
+    "jpeg_finetune": dict(_PLUGIN, steps=400, batch_size=32, crop=224, lr=5e-4, loss="ce"),
+})
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-_RUN_KEYS = ("method", "preset", "seed", "train_dir", "noise2noise", "stages")
+_RUN_KEYS = ("method", "preset", "seed", "train_dir", "noise2noise", "stages", "task_model", "depth")
 
 
 def load_config(path: str | Path) -> dict:
@@ -50,13 +60,15 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
           out: str | None = None, accelerator: str = "auto", devices="auto", num_workers: int = 1,
           noise2noise: bool = False, qf_range: tuple[int, int] | None = None, init: str | None = None,
           resume: str | None = None, ckpt_dir: str | None = None, stages: list[str] | None = None,
-          config: str | None = None) -> Path:
+          config: str | None = None, task_model: str | None = None, task_weights: str | None = None,
+          depth: str | None = None, qf_set: tuple[int, ...] | None = None) -> Path:
     """Train `method[.preset]` and save its network's weights.
 
     init: weights to start from (fine-tuning, or DAGN's stage 2 after a separate stage 1); resume: a Lightning
     checkpoint that `ckpt_dir` got from an interrupted run with the same arguments (optimizer, scheduler and step
     count continue); stages: for a multi-stage method (DAGN: autoencoders, restorer), which to run (default all);
-    config: a YAML recipe (explicit arguments win over it)."""
+    config: a YAML recipe (explicit arguments win over it). Feature de-drifters and `jpeg_finetune` train inside a
+    frozen classifier: task_model (default: the preset's backbone) with task_weights, at tap `depth` (D1-D4)."""
     recipe = load_config(config) if config else {}
     run = {k: recipe.pop(k) for k in _RUN_KEYS if k in recipe}
     method = method or run.get("method") or "dncnn"
@@ -67,16 +79,21 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     stages = stages or run.get("stages")
     entry, preset_name, p = resolve_preset(method, preset)
     cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
-    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas"}
+    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set"}
     if unknown:
         raise ValueError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(set(cfg) | {'lr_milestones', 'lr_gamma', 'betas', *_RUN_KEYS})}")
     cfg.update(recipe)
-    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range).items():
+    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set).items():
         if v is not None:
             cfg[k] = v
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     quiet_lightning()
+    if getattr(entry.module_cls, "kind", None) in ("features", "classifier"):
+        return train_plugin(entry.name, preset_name, p, cfg, seed=seed, train_dir=train_dir, out=out,
+                            accelerator=accelerator, devices=devices, init=init, resume=resume, ckpt_dir=ckpt_dir,
+                            task_model=task_model or run.get("task_model"), task_weights=task_weights,
+                            depth=depth or run.get("depth"), num_workers=num_workers)
     L.seed_everything(seed, workers=True)
     module = create(entry.name, preset_name, weights=init, pretrained=init is not None)
     module.lr, module.loss_name = cfg["lr"], cfg["loss"]
@@ -121,6 +138,93 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     torch.save({"state_dict": state, "carbench": meta}, out_path)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation PSNR {meta['val_psnr']}")
     return out_path
+
+
+def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int, train_dir: str | None,
+                 out: str | None, accelerator, devices, init: str | None, resume: str | None, ckpt_dir: str | None,
+                 task_model: str | None, task_weights: str | None, depth: str | None, num_workers: int) -> Path:
+    """Train a feature de-drifter (label-free: MSE to the clean image's features at the tap of the frozen
+    classifier) or fine-tune the classifier itself on labelled JPEG images (`jpeg_finetune`)."""
+    from torch.utils.data import DataLoader
+
+    from lightning_modules.task_models import create_task_model
+
+    L.seed_everything(seed, workers=True)
+    overrides = {k: v for k, v in dict(depth=depth, backbone=task_model).items() if v}
+    if method == "jpeg_finetune":
+        overrides.pop("depth", None)
+    module = create(method, preset_name, weights=init, pretrained=init is not None, **overrides)
+    backbone = module.net.backbone
+    tm = create_task_model("classification", backbone, task_weights)  # frozen, with its trained weights
+    if module.kind == "classifier" and init is None:
+        module.net.classifier.load_state_dict(tm.net.state_dict())  # transfer learning starts from the classifier
+    module.lr, module.lr_gamma = cfg["lr"], cfg["lr_gamma"]
+    module.lr_milestones = tuple(int(cfg["steps"] * f) for f in cfg["lr_milestones"])
+    module.attach(tm.net, tm.name, deploy=False)
+    train_set, val_set, source = _plugin_data(module.kind, backbone, train_dir, cfg, seed)
+    loaders = [DataLoader(train_set, batch_size=cfg["batch_size"], num_workers=num_workers,
+                          persistent_workers=num_workers > 0),
+               DataLoader(val_set, batch_size=16, num_workers=0)]
+    trainer = L.Trainer(max_steps=cfg["steps"], accelerator=accelerator, devices=devices, logger=False,
+                        enable_checkpointing=ckpt_dir is not None, val_check_interval=max(cfg["steps"] // 4, 1),
+                        check_val_every_n_epoch=None, deterministic=True, log_every_n_steps=50,
+                        callbacks=progress_bar() + _checkpointing(ckpt_dir, cfg["steps"]), enable_model_summary=False)
+    t0 = time.time()
+    trainer.fit(module, *loaders, ckpt_path=resume)
+    if trainer.global_rank != 0:
+        return Path(out or "")
+    out_path = Path(out) if out else CHECKPOINT_DIR / (preset.weights or f"{method}_{preset_name}.pt")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    net_kwargs = {"backbone": backbone} if module.kind == "classifier" else \
+        {"backbone": backbone, "depth": module.net.depth}
+    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+    meta = {"method": method, "preset": preset_name, "seed": seed, "train_data": source, "net_kwargs": net_kwargs,
+            "task_model": tm.name, "task_weights": Path(tm.weights).name if tm.weights else "",
+            "targets": "labels (cross-entropy)" if module.kind == "classifier" else
+                       f"clean features at {module.net.layers[0]} (MSE, no labels)",
+            "init": str(init) if init else None, "metrics": metrics,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+            "train_seconds": round(time.time() - t0, 1),
+            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
+            "torch": str(torch.__version__)}
+    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
+    torch.save({"state_dict": state, "carbench": meta}, out_path)
+    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation {metrics}")
+    return out_path
+
+
+def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, seed: int):
+    """(train set, validation set, description). Items: (JPEG float CHW, clean float CHW, label or QF).
+
+    The embedded classifier trains on shapes scenes of the train split (validation: the val split); real
+    classifiers on crops of a photo folder (features, default ../shared/data/train/BSDS500_train) or, for
+    fine-tuning, on a labelled ImageNet layout (`imagenet:DIR` wnid folders or `imagenet-flat:DIR`)."""
+    from datamodules.fidelity import RandomCrops, load_train_records
+    from datamodules.tasks import ShapesJPEGPairs
+    from lightning_modules.task_models import SHAPES_TASK_MODELS
+
+    qf_set, n = tuple(cfg["qf_set"]), cfg["steps"] * cfg["batch_size"]
+    if backbone in SHAPES_TASK_MODELS and train_dir in (None, "shapes"):
+        crop = cfg["crop"] if kind == "features" else None  # a crop can lose the object a label names
+        return (ShapesJPEGPairs(qf_set, n, seed=seed, crop=crop),
+                ShapesJPEGPairs(qf_set, 64, n_scenes=64, split="val", seed=seed),
+                f"shapes train split (first 2000 scenes), {crop or 128}px, JPEG QF {qf_set}")
+    if kind == "classifier":
+        from . import classification as C
+
+        layout, sep, root = (train_dir or "").partition(":")
+        if not sep or layout not in ("imagenet", "imagenet-flat"):
+            raise ValueError(f"fine-tuning {backbone} needs labelled images: --train-dir imagenet:DIR (wnid folders) "
+                             f"or imagenet-flat:DIR (<wnid>_*.JPEG), not {train_dir!r}")
+        samples = (C.imagenet_folders if layout == "imagenet" else C.imagenet_flat)(root).samples
+        val, train = samples[-64:], samples[:-64] or samples
+        return (C.JPEGTrainingSet(train, qf_set, n, seed), C.JPEGTrainingSet(val, qf_set, 64, seed + 1),
+                f"{train_dir}, JPEG QF {qf_set}")
+    records, name = load_train_records(None if train_dir == "shapes" else train_dir)
+    val, train = records[-8:], records[:-8] or records
+    crop = cfg["crop"]
+    return (RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set),
+            RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set), f"{name} {crop}px crops, JPEG QF {qf_set}")
 
 
 def _record_of(path: str) -> dict | None:

@@ -70,8 +70,9 @@ class RandomCrops(Dataset):
     """
 
     def __init__(self, records: list[ImageRecord], qf_range=(5, 50), crop: int = 64, length: int = 16000,
-                 seed: int = 0, subsampling: str = "420", noise2noise: bool = False):
+                 seed: int = 0, subsampling: str = "420", noise2noise: bool = False, qf_set: tuple[int, ...] = ()):
         self.noise2noise = noise2noise
+        self.qf_set = tuple(qf_set)  # QFs to draw from (AFD's 25/18/15/10/7) instead of the range
         self.records = [r for r in records if min(r.pixels.shape[:2]) >= crop]
         if not self.records:
             raise DatasetError(f"no training image is at least {crop}x{crop}")
@@ -91,13 +92,18 @@ class RandomCrops(Dataset):
         clean = np.ascontiguousarray(np.rot90(clean, k) if k else clean)
         if clean.ndim == 3 and rng.random() < 0.5:
             clean = np.ascontiguousarray(clean[:, ::-1])
-        qf = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
+        qf = self._draw_qf(rng)
         corrupted, _ = apply(clean, Corruption("jpeg", (qf,), subsampling=self.subsampling))
         if self.noise2noise:
-            qf2 = int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
+            qf2 = self._draw_qf(rng)
             clean, _ = apply(clean, Corruption("jpeg", (qf2,), subsampling=self.subsampling))
         # the QF is the label of DAGN's compression-sensitive auto-encoder; restorers ignore it
         return to_tensor(corrupted).float() / 255, to_tensor(clean).float() / 255, torch.tensor(qf)
+
+    def _draw_qf(self, rng: np.random.Generator) -> int:
+        if self.qf_set:
+            return int(self.qf_set[rng.integers(len(self.qf_set))])
+        return int(rng.integers(self.qf_range[0], self.qf_range[1] + 1))
 
 
 def default_train_folder() -> Path | None:
@@ -123,9 +129,9 @@ def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[
 class TrainDataModule(L.LightningDataModule):
     def __init__(self, train_dir: str | None = None, qf_range=(5, 50), crop: int = 64, batch_size: int = 16,
                  steps: int = 1000, seed: int = 0, num_workers: int = 1, val_images: int = 8, color: bool = True,
-                 noise2noise: bool = False):
+                 noise2noise: bool = False, qf_set: tuple[int, ...] = ()):
         super().__init__()
-        self.noise2noise = noise2noise  # training targets only: validation always scores against clean crops
+        self.noise2noise, self.qf_set = noise2noise, tuple(qf_set)  # training targets only: validation always scores against clean crops
         self.train_dir, self.qf_range, self.crop, self.batch_size = train_dir, qf_range, crop, batch_size
         self.steps, self.seed, self.num_workers, self.val_images, self.color = steps, seed, num_workers, val_images, color
 
@@ -134,8 +140,9 @@ class TrainDataModule(L.LightningDataModule):
         # hold out the last images for validation: never the test sets
         val, train = records[-self.val_images:], records[:-self.val_images] or records
         self.train_set = RandomCrops(train, self.qf_range, self.crop, self.steps * self.batch_size, self.seed,
-                                     noise2noise=self.noise2noise)
-        self.val_set = RandomCrops(val, self.qf_range, self.crop * 2, 64, self.seed + 1)
+                                     noise2noise=self.noise2noise, qf_set=self.qf_set)
+        val_crop = min(self.crop * 2, min(min(r.pixels.shape[:2]) for r in val) // 16 * 16)
+        self.val_set = RandomCrops(val, self.qf_range, max(val_crop, self.crop), 64, self.seed + 1, qf_set=self.qf_set)
 
     def train_dataloader(self):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .corruptions import Corruption, CorruptionCache
+from .corruptions import Corruption, CorruptionCache, apply
 from .fidelity import to_tensor
 from .shapes import generate_scene
 from .sources import ImageRecord
@@ -82,3 +82,34 @@ class ShapesTrainModule(L.LightningDataModule):
     def val_dataloader(self):
         return DataLoader(ShapesTaskSet(self.task, self.n_val, "val", self.seed), batch_size=self.batch_size,
                           collate_fn=collate, num_workers=0)
+
+
+class ShapesJPEGPairs(Dataset):
+    """Training pairs for feature de-drifters and fine-tuning: (JPEG float CHW, clean float CHW, class) over the
+    first `n_scenes` scenes of a split, each compressed once at a QF drawn from `qf_set` (then cropped to `crop`,
+    where given: the class label then describes the whole scene). Item i is a pure
+    function of (seed, i); `scene_seed` picks the shapes world (0: the one the shipped task models know)."""
+
+    def __init__(self, qf_set: tuple[int, ...], length: int, n_scenes: int = 2000, split: str = "train",
+                 seed: int = 0, scene_seed: int = 0, crop: int | None = None):
+        if not qf_set:
+            raise ValueError("ShapesJPEGPairs needs a non-empty QF set")
+        if crop is not None and crop % 16:
+            raise ValueError(f"crop {crop} must be a multiple of 16 (the 4:2:0 JPEG block grid)")
+        self.qf_set, self.length, self.n_scenes, self.split, self.seed = tuple(qf_set), length, n_scenes, split, seed
+        self.scene_seed, self.crop = scene_seed, crop
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, i])
+        s = _scene(int(rng.integers(self.n_scenes)), self.split, self.scene_seed, 1)
+        qf = int(self.qf_set[rng.integers(len(self.qf_set))])
+        corrupted, clean = apply(s.pixels, Corruption("jpeg", (qf,)))[0], s.pixels
+        if self.crop is not None and self.crop < min(clean.shape[:2]):
+            # the whole scene is compressed, then a crop on its block grid is taken (features are local)
+            y, x = (16 * rng.integers((n - self.crop) // 16 + 1) for n in clean.shape[:2])
+            corrupted, clean = corrupted[y:y + self.crop, x:x + self.crop], clean[y:y + self.crop, x:x + self.crop]
+        return (to_tensor(np.ascontiguousarray(corrupted)).float() / 255,
+                to_tensor(np.ascontiguousarray(clean)).float() / 255, torch.tensor(s.label, dtype=torch.long))

@@ -61,7 +61,8 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import dagn, dncnn, identity, n2n_unet  # noqa: F401  (built-in methods register on import)
+    from . import dagn, dncnn, identity, n2n_unet, urie  # noqa: F401  (built-in methods register on import)
+    from . import afd  # noqa: F401  (feature de-drifters and the fine-tuning baseline)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:
@@ -210,6 +211,19 @@ def find_weights(filename: str) -> Path | None:
     return None
 
 
+def checkpoint_net_kwargs(path: str | os.PathLike) -> dict:
+    """The `net_kwargs` a carbench training run recorded in its checkpoint ({} for other files)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+        return {}
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 -- unreadable files are reported by the loader that follows
+        return {}
+    meta = obj.get("carbench") if isinstance(obj, dict) else None
+    return dict(meta.get("net_kwargs") or {}) if isinstance(meta, dict) else {}
+
+
 def create(name: str, preset: str | None = None, weights: str | os.PathLike | None = None,
            pretrained: bool = True, **overrides):
     """A ready LightningModule for `name` (`method` or `method.preset`).
@@ -221,7 +235,9 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     from .restorer import RestorerModule
 
     entry, preset_name, preset = resolve_preset(name, preset)
-    kwargs = {**preset.kwargs, **overrides}
+    # a carbench checkpoint says how its network was built (e.g. a de-drifter trained at another depth)
+    built_as = checkpoint_net_kwargs(weights) if weights is not None else {}
+    kwargs = {**preset.kwargs, **built_as, **overrides}
     net = entry.build(**kwargs)
     source = weights if weights is not None else (preset.weights if pretrained else None)
     if source is None and pretrained and not preset.self_contained and any(True for _ in net.parameters()):
