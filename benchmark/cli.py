@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from datamodules.corruptions import AFD_QF_SET, Corruption, CorruptionError, parse_qf
 
@@ -19,10 +20,13 @@ def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int,
     """`--qf 10,20,30>10` -> single passes and Q1>Q2 chains; `--passes 1,3 [--qf set]` -> passes drawn from the set
     (default the AFD set 25/18/15/10/7), seeded."""
     if passes:
-        try:
-            counts = [int(p) for p in _csv(passes)]
+        try:  # `1,3,5` or a range `1..5`
+            counts = [n for p in _csv(passes) for n in (range(int(p.split("..")[0]), int(p.split("..")[1]) + 1)
+                                                          if ".." in p else [int(p)])]
         except ValueError:
-            raise CorruptionError(f"--passes {passes!r}: expected integers 1..5") from None
+            raise CorruptionError(f"--passes {passes!r}: expected integers 1..5 (a list 1,3 or a range 1..5)") from None
+        if not counts:
+            raise CorruptionError(f"--passes {passes!r}: no pass count")
         qset = tuple(parse_qf(q) for q in _csv(qf)) if qf else AFD_QF_SET
         return [Corruption(codec, qset, passes=n, draw=True, seed=seed, subsampling=subsampling) for n in counts]
     items = _csv(qf or "10,20,30,40")
@@ -274,15 +278,22 @@ def cmd_report(args) -> int:
 
 def cmd_import_paper(args) -> int:
     from . import leaderboard
-    from .published import paper_fidelity_rows, published_dir
+    from .published import paper_classification_rows, paper_fidelity_rows, published_dir
 
-    rows = paper_fidelity_rows(args.paper)
-    if not rows:
+    boards = {"fidelity": paper_fidelity_rows(args.paper), "classification": paper_classification_rows(args.paper)}
+    if not any(boards.values()):
         where = published_dir() or "../shared/published (not found; set $CARBENCH_PUBLISHED)"
-        print(f"error: no published fidelity rows for paper {args.paper!r} in {where}", file=sys.stderr)
+        print(f"error: no published fidelity or classification rows for paper {args.paper!r} in {where}",
+              file=sys.stderr)
         return 2
-    path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
-    print(f"{len(rows)} source=paper rows of {args.paper} -> {path}")
+    layout = {"fidelity": (leaderboard.FIDELITY_KEY, leaderboard.FIDELITY_COLUMNS),
+              "classification": (leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)}
+    folder = Path(args.leaderboard_dir) if args.leaderboard_dir else None
+    for board, rows in boards.items():
+        if rows:
+            target = folder / f"{board}.csv" if folder else leaderboard.default_path(board)
+            path = leaderboard.upsert(target, rows, key=layout[board][0], columns=layout[board][1])
+            print(f"{len(rows)} source=paper rows of {args.paper} -> {path}")
     return 0
 
 
@@ -304,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "cbsd68, bsd68, a folder; ':y' suffix = MATLAB-Y gray protocol")
     r.add_argument("--data-root", default=None, help="folder holding the named datasets (default $CARBENCH_DATA)")
     r.add_argument("--codec", default="jpeg", choices=["jpeg", "avif"])
-    r.add_argument("--passes", default=None, help="multi-pass: comma list of pass counts 1..5, QFs drawn per pass")
+    r.add_argument("--passes", default=None, help="multi-pass: pass counts, a list (1,3) or a range (1..5); each pass draws its QF "
+                                                  "from --qf (default 25,18,15,10,7)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--subsampling", default="420", choices=["420", "444"], help="chroma subsampling of colour images")
     r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")
@@ -416,10 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default=None, help="output folder (default <boards>/report)")
     rp.set_defaults(func=cmd_report)
 
-    ip = sub.add_parser("import-paper", help="copy a paper's published fidelity tables into the leaderboard "
-                                             "(source=paper rows, never mixed with measured ones)")
-    ip.add_argument("--paper", default="dagn", help="dagn, jarcal, dualpriors, ... (../shared/published)")
-    ip.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
+    ip = sub.add_parser("import-paper", help="copy a paper's published fidelity and classification tables into "
+                                             "the leaderboards (source=paper rows, never mixed with measured ones)")
+    ip.add_argument("--paper", default="dagn", help="dagn, afd, jarcal, dualpriors, ... (../shared/published)")
+    ip.add_argument("--leaderboard-dir", default=None,
+                    help="folder of the boards (default leaderboards/): fidelity.csv, classification.csv")
     ip.set_defaults(func=cmd_import_paper)
     return p
 

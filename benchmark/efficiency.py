@@ -69,11 +69,83 @@ def measure(name: str, size: int = 512, repeat: int = 3, channels: int = 3, form
 
 
 def measure_forms(name: str, size: int = 512, repeat: int = 3, channels: int = 3) -> list[dict]:
-    """A row per form of `name` (see `forms`), building the network once."""
+    """A row per form of `name` (see `forms`), building the network once. Methods that work inside a classifier
+    (feature de-drifters, fine-tuned classifiers) are measured in it: see `measure_plugin`."""
     from lightning_modules import create
 
     module = create(name, pretrained=False).eval()
+    if getattr(module, "kind", "restorer") != "restorer":
+        return measure_plugin(module, repeat=max(repeat, 5))
     return [_measure(module, form, size, repeat, channels) for form in _forms_of(module.net)]
+
+
+PLUGIN_INPUT = {"shapes-cnn": 128}  # the classifier's own input size (ImageNet models: the 224 crop of ImageNet-C)
+
+
+def _latency_ms(fn, repeat: int) -> float:
+    times = []
+    with torch.no_grad():
+        fn()  # warm-up
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def measure_plugin(module, repeat: int = 5) -> list[dict]:
+    """A de-drifter in its classifier (random weights: cost does not depend on them), per form (train, deploy):
+    the module's own parameters, FLOPs (the classifier with it minus without it) and latency alone on its inputs;
+    then the classifier alone and the classifier with the module, for the latency the module adds. A fine-tuned
+    classifier costs what its classifier costs: one row."""
+    import copy
+
+    from lightning_modules.afd import DeDrifted
+    from lightning_modules.task_models import SHAPES_TASK_MODELS
+
+    backbone = module.net.backbone
+    if backbone in SHAPES_TASK_MODELS:
+        classifier = SHAPES_TASK_MODELS[backbone].build().eval()
+    else:
+        from lightning_modules.classifier import build_classifier
+
+        classifier = build_classifier(backbone, "random").eval()
+    size = PLUGIN_INPUT.get(backbone, 224)
+    x = torch.rand(1, 3, size, size)
+    base_flops = count_flops(classifier, x)
+    base = {"input": f"{size}x{size} rgb", "device": f"cpu: {cpu_name()}", "threads": torch.get_num_threads(),
+            "source": "measured", "gpu_latency_ms": "", "gpu": "", "torch": torch.__version__}
+
+    def row(method, preset, form, params, flops, ms, note):
+        return {**base, "method": method, "preset": preset, "form": form, "params_m": params / 1e6,
+                "gflops": flops / 1e9, "gmacs": flops / 2e9, "latency_ms": ms,
+                "note": f"median of {repeat} after 1 warm-up; {note}"}
+
+    n_classifier = sum(p.numel() for p in classifier.parameters())
+    plain_ms = _latency_ms(lambda: classifier(x), repeat)
+    rows = [row(backbone, "", "deploy", n_classifier, base_flops, plain_ms, "the classifier alone")]
+    if module.kind == "classifier":
+        return rows + [row(module.method_name, module.preset_name, "deploy", n_classifier, base_flops, plain_ms,
+                           f"{backbone} with fine-tuned weights: the classifier's cost")]
+    net = module.net
+    for form in _forms_of(net):
+        if form == "deploy" and reparameterizable(net):
+            net = copy.deepcopy(net)
+            net.reparameterize()
+        plugged = DeDrifted(classifier, net, net.layers)
+        with torch.no_grad():
+            features = plugged.features(x, dedrift=False)
+        flops = count_flops(plugged, x) - base_flops
+        params = sum(p.numel() for p in net.parameters())
+        alone_ms = _latency_ms(lambda: net(features, x), repeat)
+        with_ms = _latency_ms(lambda: plugged(x), repeat)
+        plugged.detach_hook()
+        where = f"at {backbone} {net.depth} ({net.layers[0]}, {tuple(features.shape[1:])} features)"
+        rows.append(row(module.method_name, module.preset_name, form, params, flops, alone_ms,
+                        f"the module alone {where}; FLOPs it adds to {backbone}"))
+        rows.append(row(f"{backbone}+{module.method_name}", module.preset_name, form, n_classifier + params,
+                        base_flops + flops, with_ms, f"{backbone} with the module inserted {where}"))
+    return rows
 
 
 def _measure(module, form: str, size: int, repeat: int, channels: int) -> dict:
@@ -129,7 +201,7 @@ def paper_rows(methods: list[str]) -> list[dict]:
         return []
     rows = []
     for _, r in table[table["paper"].isin(methods)].iterrows():
-        ms = r["runtime_ms"] or r["gpu_ms"] or r["cpu_ms"]
+        ms = r["runtime_ms"] or r["cpu_ms"] or r["gpu_ms"]  # our latencies are CPU ones
         rows.append({"method": r["method"], "preset": "paper", "form": "deploy", "input": r["input"],
                      "device": r["device"],
                      "params_m": r["params_m"], "gflops": "", "gmacs": r["flops_g"], "latency_ms": ms,
@@ -148,11 +220,11 @@ def write(rows: list[dict], path=None) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<12}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
+    head = f"{'method':<24}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
     lines = [head]
     for r in rows:
         def num(v, fmt):
             return format(float(v), fmt) if v not in ("", None) else "-"
-        lines.append(f"{r['method']:<12}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
+        lines.append(f"{r['method']:<24}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
                      f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
     return "\n".join(lines)

@@ -99,3 +99,48 @@ def paper_fidelity_rows(paper: str) -> list[dict]:
                      "psnrb": metrics.get("psnrb", ""),
                      "weights": f"{paper} Table {table}" + (f": {'; '.join(notes)}" if notes else "")})
     return rows
+
+
+# the papers' method names for carbench's methods (the AFD paper's DDP and "transfer learning" rows)
+PAPER_METHOD_NAMES = {"ddp": "degradation_prior", "transfer_learning": "jpeg_finetune"}
+
+
+def paper_classification_rows(paper: str) -> list[dict]:
+    """A paper's classification tables as `classification.csv` rows with source=paper (one per printed top-1),
+    averages over QFs or passes left out (they are not measurements). Multi-pass rows (Table VI: each pass draws
+    from 25/18/15/10/7) carry that set as their QF, clean-image rows codec `none`, like measured rows."""
+    from datamodules.corruptions import AFD_QF_SET
+
+    df = load("classification")
+    if df.empty:
+        return []
+    df = df[(df.paper == paper) & (df.qf != "avg") & (df.passes != "avg")]
+    rows = []
+    for r in df.to_dict("records"):
+        passes = int(r["passes"]) if r["passes"] else (1 if r["codec"] else 0)
+        qf = "/".join(map(str, AFD_QF_SET)) if r["passes"] else r["qf"]
+        rows.append({"task": "classification", "model": r["backbone"],
+                     "method": PAPER_METHOD_NAMES.get(r["method"], r["method"]), "preset": "paper",
+                     "dataset": r["dataset"], "codec": r["codec"] or "none", "qf": qf, "passes": passes,
+                     "subsampling": "", "seed": "", "metric": "top1", "value": r["top1"], "n_images": "",
+                     "source": "paper", "model_weights": "", "codec_lib": "",
+                     "weights": f"{paper} Table {r['table']}" + (f": {r['note']}" if r["note"] else "")})
+    return _merge_repeats(rows)
+
+
+def _merge_repeats(rows: list[dict]) -> list[dict]:
+    """One row per leaderboard key: a number two tables print alike (AFD Tables V and X) is one row naming both;
+    two different numbers under one key are an error, never a silent pick."""
+    from .leaderboard import TASK_KEY
+
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(str(r.get(k, "")) for k in TASK_KEY)
+        if key not in merged:
+            merged[key] = r
+        elif merged[key]["value"] != r["value"]:
+            raise ValueError(f"published rows disagree for {dict(zip(TASK_KEY, key))}: {merged[key]['value']} "
+                             f"({merged[key]['weights']}) vs {r['value']} ({r['weights']})")
+        else:
+            merged[key]["weights"] += "; also " + r["weights"]
+    return list(merged.values())

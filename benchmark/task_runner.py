@@ -186,11 +186,11 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             scored, plugged = None, None
             try:
                 scored = None if method == DIRECT else create(method, req.preset, req.weights)
-                kind = getattr(scored, "kind", "restorer")
+                method_kind = getattr(scored, "kind", "restorer")
                 # every classification method is also scored on the clean images: what it costs there (Table X)
                 job = [None] + corruptions if method == DIRECT or task == "classification" else list(corruptions)
-                net, restorer = tm.net, None if kind != "restorer" else scored
-                if kind != "restorer":
+                net, restorer = tm.net, None if method_kind != "restorer" else scored
+                if method_kind != "restorer":
                     if task != "classification":
                         raise ValueError(f"{method} works inside a classifier; it has no {task} form")
                     plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
