@@ -197,7 +197,7 @@ def cmd_efficiency(args) -> int:
         if not found:
             print(f"error: no method matches {pattern!r}; see `benchmark list`", file=sys.stderr)
             return EXIT_USAGE
-        names += [n for n in found if n not in names and not n.startswith("jpeg")]
+        names += [n for n in found if n not in names and n.split(".")[0] != "jpeg"]  # jpeg: no network
     rows = []
     for name in names:
         print(f"measuring {name} at {args.size}x{args.size} ...", flush=True)
@@ -315,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "cbsd68, bsd68, a folder; ':y' suffix = MATLAB-Y gray protocol")
     r.add_argument("--data-root", default=None, help="folder holding the named datasets (default $CARBENCH_DATA)")
     r.add_argument("--codec", default="jpeg", choices=["jpeg", "avif"])
-    r.add_argument("--passes", default=None, help="multi-pass: pass counts, a list (1,3) or a range (1..5); each pass draws its QF "
-                                                  "from --qf (default 25,18,15,10,7)")
+    r.add_argument("--passes", default=None, help="multi-pass: pass counts, a list (1,3) or a range (1..5); each "
+                                                  "pass draws its QF from --qf (default 25,18,15,10,7)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--subsampling", default="420", choices=["420", "444"], help="chroma subsampling of colour images")
     r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")

@@ -75,22 +75,26 @@ def measure_forms(name: str, size: int = 512, repeat: int = 3, channels: int = 3
 
     module = create(name, pretrained=False).eval()
     if getattr(module, "kind", "restorer") != "restorer":
-        return measure_plugin(module, repeat=max(repeat, 5))
+        return measure_plugin(module, repeat=max(repeat, 15))
     return [_measure(module, form, size, repeat, channels) for form in _forms_of(module.net)]
 
 
 PLUGIN_INPUT = {"shapes-cnn": 128}  # the classifier's own input size (ImageNet models: the 224 crop of ImageNet-C)
 
 
-def _latency_ms(fn, repeat: int) -> float:
-    times = []
+def _latencies_ms(fns: list, repeat: int) -> list[float]:
+    """Median wall time of each function, the calls interleaved (a, b, c, a, b, c, ...) so that a machine's drift
+    during the measurement falls on all of them alike: their ratios are what is compared."""
+    times: list[list[float]] = [[] for _ in fns]
     with torch.no_grad():
-        fn()  # warm-up
+        for fn in fns:
+            fn()  # warm-up
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+            for fn, t in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+    return [1000 * statistics.median(t) for t in times]
 
 
 def measure_plugin(module, repeat: int = 5) -> list[dict]:
@@ -122,29 +126,35 @@ def measure_plugin(module, repeat: int = 5) -> list[dict]:
                 "note": f"median of {repeat} after 1 warm-up; {note}"}
 
     n_classifier = sum(p.numel() for p in classifier.parameters())
-    plain_ms = _latency_ms(lambda: classifier(x), repeat)
-    rows = [row(backbone, "", "deploy", n_classifier, base_flops, plain_ms, "the classifier alone")]
     if module.kind == "classifier":
-        return rows + [row(module.method_name, module.preset_name, "deploy", n_classifier, base_flops, plain_ms,
-                           f"{backbone} with fine-tuned weights: the classifier's cost")]
-    net = module.net
-    for form in _forms_of(net):
+        (plain_ms,) = _latencies_ms([lambda: classifier(x)], repeat)
+        return [row(backbone, "", "deploy", n_classifier, base_flops, plain_ms, "the classifier alone"),
+                row(module.method_name, module.preset_name, "deploy", n_classifier, base_flops, plain_ms,
+                    f"{backbone} with fine-tuned weights: the classifier's cost")]
+    forms = {}
+    for form in _forms_of(module.net):
+        net = module.net
         if form == "deploy" and reparameterizable(net):
             net = copy.deepcopy(net)
             net.reparameterize()
-        plugged = DeDrifted(classifier, net, net.layers)
-        with torch.no_grad():
-            features = plugged.features(x, dedrift=False)
-        flops = count_flops(plugged, x) - base_flops
+        forms[form] = net
+    # one classifier per form (each holds its own hook), all timed interleaved with the classifier alone
+    plugged = {f: DeDrifted(copy.deepcopy(classifier), net, net.layers) for f, net in forms.items()}
+    with torch.no_grad():
+        features = next(iter(plugged.values())).features(x, dedrift=False)
+    calls = [lambda: classifier(x)]
+    for f, net in forms.items():
+        calls += [lambda net=net: net(features, x), lambda p=plugged[f]: p(x)]
+    plain_ms, *timed = _latencies_ms(calls, repeat)
+    rows = [row(backbone, "", "deploy", n_classifier, base_flops, plain_ms, "the classifier alone")]
+    for i, (form, net) in enumerate(forms.items()):
+        flops = count_flops(plugged[form], x) - base_flops
         params = sum(p.numel() for p in net.parameters())
-        alone_ms = _latency_ms(lambda: net(features, x), repeat)
-        with_ms = _latency_ms(lambda: plugged(x), repeat)
-        plugged.detach_hook()
         where = f"at {backbone} {net.depth} ({net.layers[0]}, {tuple(features.shape[1:])} features)"
-        rows.append(row(module.method_name, module.preset_name, form, params, flops, alone_ms,
+        rows.append(row(module.method_name, module.preset_name, form, params, flops, timed[2 * i],
                         f"the module alone {where}; FLOPs it adds to {backbone}"))
         rows.append(row(f"{backbone}+{module.method_name}", module.preset_name, form, n_classifier + params,
-                        base_flops + flops, with_ms, f"{backbone} with the module inserted {where}"))
+                        base_flops + flops, timed[2 * i + 1], f"{backbone} with the module inserted {where}"))
     return rows
 
 
@@ -220,11 +230,11 @@ def write(rows: list[dict], path=None) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<24}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
+    head = f"{'method':<28}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
     lines = [head]
     for r in rows:
         def num(v, fmt):
             return format(float(v), fmt) if v not in ("", None) else "-"
-        lines.append(f"{r['method']:<24}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
+        lines.append(f"{r['method']:<28}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
                      f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
     return "\n".join(lines)

@@ -224,7 +224,8 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
     val, train = records[-8:], records[:-8] or records
     crop = cfg["crop"]
     return (RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set),
-            RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set), f"{name} {crop}px crops, JPEG QF {qf_set}")
+            RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set),
+            f"{name} {crop}px crops, JPEG QF {qf_set}")
 
 
 def _record_of(path: str) -> dict | None:

@@ -131,7 +131,8 @@ class TrainDataModule(L.LightningDataModule):
                  steps: int = 1000, seed: int = 0, num_workers: int = 1, val_images: int = 8, color: bool = True,
                  noise2noise: bool = False, qf_set: tuple[int, ...] = ()):
         super().__init__()
-        self.noise2noise, self.qf_set = noise2noise, tuple(qf_set)  # training targets only: validation always scores against clean crops
+        # noise2noise changes training targets only: validation always scores against clean crops
+        self.noise2noise, self.qf_set = noise2noise, tuple(qf_set)
         self.train_dir, self.qf_range, self.crop, self.batch_size = train_dir, qf_range, crop, batch_size
         self.steps, self.seed, self.num_workers, self.val_images, self.color = steps, seed, num_workers, val_images, color
 

@@ -180,7 +180,7 @@ class DeDrifted(nn.Module):
         return self._run(x, apply=dedrift, stop=True)
 
 
-# ---- FDE-Net: frequency guide -----------------------------------------------------------------------------------------
+# ---- FDE-Net: frequency guide ----------------------------------------------------------------------------------------
 def dct_matrix(n: int = BLOCK) -> torch.Tensor:
     """Orthonormal DCT-II basis D[u, x] = c(u) cos((2x + 1) u pi / 2n): Eq. 3's 1/sqrt(2N) C(i) C(j) for N = 8."""
     x = torch.arange(n, dtype=torch.float64)
@@ -352,7 +352,8 @@ class AFDNet(FeatureDeDrifter):
         self.fe = FENet(self.channels, tuple(widths))
         self.fde = None if guide == "none" else FDENet(self.channels, guide, tuple(fde_widths), pool_guide)
         out = self.fe.out  # start as the identity: never worse than the plain backbone
-        for p in (out.branch_1.weight, out.branch_1.bias, *out.branch_13[1].parameters(), *out.branch_31[1].parameters()):
+        last = (out.branch_1.weight, out.branch_1.bias, *out.branch_13[1].parameters(), *out.branch_31[1].parameters())
+        for p in last:
             nn.init.zeros_(p)
 
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -381,16 +382,16 @@ class DegradationPrior(FeatureDeDrifter):
                                  nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
 
         self.g1, self.g2, self.g3 = pair(self.channels + 3, w1), pair(w1, w2), pair(w2, w3)
-        self.fuse = nn.Conv2d(w1 + w2 + w3, self.channels, 1)
-        nn.init.zeros_(self.fuse.weight)  # start as the identity
-        nn.init.zeros_(self.fuse.bias)
+        self.merge = nn.Conv2d(w1 + w2 + w3, self.channels, 1)  # not `fuse`: a timm reparam hook name
+        nn.init.zeros_(self.merge.weight)  # start as the identity
+        nn.init.zeros_(self.merge.bias)
 
     def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         img = F.interpolate(image, size=features.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
         x1 = self.g1(torch.cat([features, img], 1))
         x2 = self.g2(x1)
         x3 = self.g3(x2)
-        return self._finish(features + self.fuse(torch.cat([x1, x2, x3], 1)))
+        return self._finish(features + self.merge(torch.cat([x1, x2, x3], 1)))
 
 
 def check_backbone(module: L.LightningModule, name: str) -> None:
@@ -401,7 +402,7 @@ def check_backbone(module: L.LightningModule, name: str) -> None:
                          f"{module.method_name} --task-model {name}`)")
 
 
-# ---- the LightningModules ---------------------------------------------------------------------------------------------
+# ---- the LightningModules --------------------------------------------------------------------------------------------
 class DeDriftModule(L.LightningModule):
     """Trains a feature de-drifter label-free (MSE between de-drifted and clean features at the tap) inside a frozen
     classifier, and plugs it into one for evaluation. The network is an argument; the classifier is attached."""

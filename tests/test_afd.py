@@ -295,3 +295,20 @@ def test_runner_scores_a_dedrifter_inside_the_classifier(tmp_path):
     afd_row = next(r for r in rows["classification"] if r["method"] == "afd")
     assert afd_row["preset"] == "compact" and afd_row["weights"] == str(identity) and afd_row["source"] == "measured"
     assert len(rows["detection"]) > 0  # the direct detection rows are still there
+
+
+def test_efficiency_rows_of_a_plugin():
+    from benchmark.efficiency import measure_forms
+
+    rows = measure_forms("afd.compact", repeat=1)
+    by = {(r["method"], r["form"]): r for r in rows}
+    assert set(by) == {("shapes-cnn", "deploy"), ("afd", "train"), ("afd", "deploy"), ("shapes-cnn+afd", "train"),
+                       ("shapes-cnn+afd", "deploy")}
+    base, train, deploy = by[("shapes-cnn", "deploy")], by[("afd", "train")], by[("afd", "deploy")]
+    assert deploy["params_m"] < 0.6 * train["params_m"]  # the branches fold into one 3x3 per block
+    assert 0 < deploy["gflops"] < train["gflops"]
+    # the classifier with the module costs the classifier plus the module, in parameters and FLOPs
+    plugged = by[("shapes-cnn+afd", "deploy")]
+    assert plugged["params_m"] == pytest.approx(base["params_m"] + deploy["params_m"])
+    assert plugged["gflops"] == pytest.approx(base["gflops"] + deploy["gflops"])
+    assert all(r["input"] == "128x128 rgb" and r["latency_ms"] > 0 for r in rows)
