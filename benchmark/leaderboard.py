@@ -140,6 +140,7 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([{c: _fmt(r.get(c, "")) for c in columns} for r in rows], columns=columns, dtype=str)
+    new = new.drop_duplicates(subset=key, keep="last")  # one row per key, the latest, also within one batch
     schema = schema_for(columns)
     if schema is not None:  # refuse a bad row before touching the file
         validate(new, schema, f"rows for {path}")

@@ -33,6 +33,13 @@ def test_paper_rows_may_lack_measurement_fields(tmp_path):
     assert leaderboard.read(path, "fidelity").source.tolist() == ["paper"]
 
 
+def test_one_row_per_key_even_within_one_batch(tmp_path):
+    path = tmp_path / "fidelity.csv"
+    leaderboard.upsert(path, [_row(psnr=27.0), _row(psnr=28.0), _row(qf="20")])
+    board = leaderboard.read(path, "fidelity")
+    assert sorted(zip(board.qf, board.psnr)) == [("10", "28.0000"), ("20", "27.5000")]  # the later row wins
+
+
 def test_read_validates_and_names_the_file(tmp_path):
     path = tmp_path / "detection.csv"
     path.write_text("task,model,value\ndetection,x,1\n")
