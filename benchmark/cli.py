@@ -223,15 +223,17 @@ def cmd_check(args) -> int:
     return rc
 
 
-def baseline_methods(exclude: list[str]) -> list[str]:
-    """Every registered method whose default preset can run here: shipped/found weights, or self-contained."""
+def baseline_methods(exclude: list[str], restorers: bool = True) -> list[str]:
+    """Every registered method whose default preset can run here: shipped/found weights, or self-contained.
+    restorers=True: the image restorers; False: the methods that work inside a classifier (de-drifters, fine-tuning)."""
     from lightning_modules.registry import _REGISTRY, _load_plugins, find_weights
 
     _load_plugins()
     names = []
     for name, entry in sorted(_REGISTRY.items()):
         preset = entry.presets[entry.default_preset]
-        if name == "jpeg" or name in exclude:
+        is_restorer = getattr(entry.module_cls, "kind", "restorer") == "restorer"
+        if name == "jpeg" or name in exclude or is_restorer != restorers:
             continue
         if preset.self_contained or (preset.weights and find_weights(preset.weights)):
             names.append(name)
@@ -260,6 +262,10 @@ def cmd_compare(args) -> int:
     if args.task:
         rc = max(rc, main(["run", "--task", args.task, "--method", "jpeg," + methods, "--leaderboard", boards,
                            *common]))
+        plugins = baseline_methods(sorted(base_names), restorers=False) if args.baselines == "all" else []
+        if plugins and "classification" in _csv(args.task):  # feature de-drifters etc. exist for classifiers only
+            rc = max(rc, main(["run", "--task", "classification", "--method", ",".join(plugins), "--leaderboard",
+                               boards, *common]))
     if not args.no_report:
         from .report import build
 

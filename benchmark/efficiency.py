@@ -235,11 +235,11 @@ def write(rows: list[dict], path=None) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'method':<28}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
+    head = f"{'method':<30}{'preset':<18}{'form':<8}{'source':<10}{'params M':>10}{'GMACs':>10}{'latency ms':>12}  device"
     lines = [head]
     for r in rows:
         def num(v, fmt):
             return format(float(v), fmt) if v not in ("", None) else "-"
-        lines.append(f"{r['method']:<28}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
+        lines.append(f"{r['method']:<30}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
                      f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
     return "\n".join(lines)

@@ -214,7 +214,9 @@ def efficiency_table(boards: Path) -> pd.DataFrame:
     df = leaderboard.read(boards / "efficiency.csv")
     if df.empty:
         return df
-    return df[["method", "preset", "source", "params_m", "gmacs", "latency_ms", "device", "input"]]
+    if "form" not in df.columns:  # boards written before re-parameterised forms were measured
+        df["form"] = "deploy"
+    return df[["method", "preset", "form", "source", "params_m", "gmacs", "latency_ms", "device", "input"]]
 
 
 def _md(df: pd.DataFrame) -> str:

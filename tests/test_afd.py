@@ -312,3 +312,11 @@ def test_efficiency_rows_of_a_plugin():
     assert plugged["params_m"] == pytest.approx(base["params_m"] + deploy["params_m"])
     assert plugged["gflops"] == pytest.approx(base["gflops"] + deploy["gflops"])
     assert all(r["input"] == "128x128 rgb" and r["latency_ms"] > 0 for r in rows)
+
+
+def test_compare_keeps_feature_methods_off_the_fidelity_board():
+    from benchmark.cli import baseline_methods
+
+    restorers, plugins = baseline_methods([]), baseline_methods([], restorers=False)
+    assert {"dncnn", "dagn"} <= set(restorers) and not {"afd", "degradation_prior", "jpeg_finetune"} & set(restorers)
+    assert {"afd", "degradation_prior", "jpeg_finetune"} <= set(plugins)  # shipped: they run on the embedded task
