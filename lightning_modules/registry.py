@@ -61,8 +61,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import dagn, dncnn, identity, n2n_unet, urie  # noqa: F401  (built-in methods register on import)
-    from . import afd  # noqa: F401  (feature de-drifters and the fine-tuning baseline)
+    from . import afd, arcnn, dagn, dncnn, identity, n2n_unet, urie  # noqa: F401  (built-ins register on import)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:
