@@ -131,13 +131,7 @@ def measure_plugin(module, repeat: int = 5) -> list[dict]:
         return [row(backbone, "", "deploy", n_classifier, base_flops, plain_ms, "the classifier alone"),
                 row(module.method_name, module.preset_name, "deploy", n_classifier, base_flops, plain_ms,
                     f"{backbone} with fine-tuned weights: the classifier's cost")]
-    forms = {}
-    for form in _forms_of(module.net):
-        net = module.net
-        if form == "deploy" and reparameterizable(net):
-            net = copy.deepcopy(net)
-            net.reparameterize()
-        forms[form] = net
+    forms = {form: _deploy_copy(module.net) if form == "deploy" else module.net for form in _forms_of(module.net)}
     # one classifier per form (each holds its own hook), all timed interleaved with the classifier alone
     plugged = {f: DeDrifted(copy.deepcopy(classifier), net, net.layers) for f, net in forms.items()}
     with torch.no_grad():
@@ -163,12 +157,19 @@ def measure_plugin(module, repeat: int = 5) -> list[dict]:
     return rows
 
 
+def _deploy_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """The network as it runs at test time: a re-parameterised copy (timm's `reparameterize_model`), or itself."""
+    if not reparameterizable(net):
+        return net
+    from timm.utils.model import reparameterize_model
+
+    return reparameterize_model(net)  # a fused copy: the training form stays intact
+
+
 def _measure(module, form: str, size: int, repeat: int, channels: int) -> dict:
     trained = module.net
-    if form == "deploy" and reparameterizable(trained):
-        from timm.utils.model import reparameterize_model
-
-        module.net = reparameterize_model(trained)  # a fused copy: the training form stays intact
+    if form == "deploy":
+        module.net = _deploy_copy(trained)
     try:
         return _measure_as_is(module, form, size, repeat, channels)
     finally:

@@ -129,15 +129,10 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
             "init": str(init) if init else None, "stages": [s for s, *_ in plan if s] or None, "metrics": log,
             "targets": "second JPEG of the same crop (Noise2Noise)" if noise2noise else "clean crops",
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-            "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1),
-            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
-            "torch": str(torch.__version__)}
+            "val_psnr": float(val) if val is not None else None, "train_seconds": round(time.time() - t0, 1)}
     if init:
         meta["init_record"] = _record_of(init)  # the lineage: how the starting weights were made
-    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
-    torch.save({"state_dict": state, "carbench": meta}, out_path)
-    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation PSNR {meta['val_psnr']}")
-    return out_path
+    return _save_checkpoint(out_path, module.net, meta, f"validation PSNR {meta['val_psnr']}")
 
 
 def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int, train_dir: str | None,
@@ -184,13 +179,8 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
                        f"clean features at {module.net.layers[0]} (MSE, no labels)",
             "init": str(init) if init else None, "metrics": metrics,
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-            "train_seconds": round(time.time() - t0, 1),
-            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
-            "torch": str(torch.__version__)}
-    state = {k: v.detach().cpu().clone() for k, v in module.net.state_dict().items()}
-    torch.save({"state_dict": state, "carbench": meta}, out_path)
-    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation {metrics}")
-    return out_path
+            "train_seconds": round(time.time() - t0, 1)}
+    return _save_checkpoint(out_path, module.net, meta, f"validation {metrics}")
 
 
 def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, seed: int):
@@ -226,6 +216,16 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
     return (RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set),
             RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set),
             f"{name} {crop}px crops, JPEG QF {qf_set}")
+
+
+def _save_checkpoint(out_path: Path, net: torch.nn.Module, meta: dict, summary: str) -> Path:
+    """`{"state_dict", "carbench"}` with the run's record (plus the command line and torch version) -> out_path."""
+    meta = {**meta, "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1
+            else "", "torch": str(torch.__version__)}
+    state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "carbench": meta}, out_path)
+    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); {summary}")
+    return out_path
 
 
 def _record_of(path: str) -> dict | None:
@@ -309,13 +309,8 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
     meta = {"task": task, "model": name, "seed": seed, "train_data": f"shapes train split (seed {seed}, "
             f"{cfg['steps'] * cfg['batch_size']} scenes drawn from {n_train})", "config": cfg, "val": scores, "init": init,
-            "train_seconds": round(time.time() - t0, 1),
-            "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1 else "",
-            "torch": str(torch.__version__)}
-    state = {k: v.detach().cpu().clone() for k, v in _unwrap(net).state_dict().items()}
-    torch.save({"state_dict": state, "carbench": meta}, out_path)
-    print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); validation {scores}")
-    return out_path
+            "train_seconds": round(time.time() - t0, 1)}
+    return _save_checkpoint(out_path, _unwrap(net), meta, f"validation {scores}")
 
 
 def _init_detector_backbone(net: torch.nn.Module) -> str:

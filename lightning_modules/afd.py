@@ -36,6 +36,7 @@ concatenated and fused by a 1x1 convolution; the AFD authors' re-implementation'
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -221,10 +222,16 @@ def shuffled_dct(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
     position), so one channel mixes frequencies."""
     coeffs = block_dct(x)
     n, c, hb, wb = coeffs.shape
-    g = torch.Generator().manual_seed(seed)
-    order = torch.argsort(torch.rand(hb * wb, c, generator=g), dim=1).to(coeffs.device)  # (blocks, 192)
+    order = _block_orders(hb * wb, c, seed).to(coeffs.device)  # (blocks, 192)
     flat = coeffs.flatten(2).transpose(1, 2)  # (n, blocks, 192)
     return flat.gather(2, order.expand(n, -1, -1)).transpose(1, 2).reshape(n, c, hb, wb)
+
+
+@functools.lru_cache(maxsize=8)
+def _block_orders(blocks: int, coeffs: int, seed: int) -> torch.Tensor:
+    """One fixed random order of the coefficients per block (drawn once per block grid, not per forward)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.argsort(torch.rand(blocks, coeffs, generator=g), dim=1)
 
 
 GUIDES = {"dct": block_dct, "pixels": lambda x: image_blocks(ycbcr(x)), "shuffled_dct": shuffled_dct}
@@ -484,14 +491,12 @@ class FineTuneModule(L.LightningModule):
         return self.net.eval() if deploy else self.net
 
     def training_step(self, batch, batch_idx):
-        x, y = batch[0].float() / 255.0 if batch[0].dtype == torch.uint8 else batch[0], batch[2]
-        loss = F.cross_entropy(self.net(x), y)
+        loss = F.cross_entropy(self.net(batch[0]), batch[2])  # (float JPEG image, clean image, label)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        x = batch[0].float() / 255.0 if batch[0].dtype == torch.uint8 else batch[0]
-        self.log("val_acc", (self.net(x).argmax(1) == batch[2]).float().mean(), prog_bar=True)
+        self.log("val_acc", (self.net(batch[0]).argmax(1) == batch[2]).float().mean(), prog_bar=True)
 
     configure_optimizers = DeDriftModule.configure_optimizers
 
