@@ -1,6 +1,7 @@
 """AR-CNN (Dong et al., ICCV 2015): four convs (feature extraction, enhancement, mapping, reconstruction), no residual.
 
 Presets:
+- `compact` (default): colour, the paper's widths and kernels plus a global residual, trained here (blind, QF 5-50).
 - `paper`: the authors' official QF10 model (gray, Y in [0, 1]) as released in dmitry42nd/CNN `data/*.csv`, read by
   `load_arcnn_csv`. It reproduces Classic5 QF10 29.03 dB and LIVE1-gray QF10 28.96 dB.
 """
@@ -15,26 +16,31 @@ from torch import nn
 
 from .registry import MethodError, Preset, register
 
-# (name, in, out, kernel) in forward order; names are the CSV suffixes and the module names
+# (name, in, out, kernel) in forward order at the paper's size; names are the CSV suffixes and the module names
 LAYERS = (("conv1", 1, 64, 9), ("conv2", 64, 32, 7), ("conv22", 32, 16, 1), ("conv3", 16, 1, 5))
 
 
 class ARCNN(nn.Module):
-    """Replicate padding keeps the output the input's size, as the authors' MATLAB test code does."""
+    """Replicate padding keeps the output the input's size, as the authors' MATLAB test code does.
 
-    in_channels = 1
+    in_channels: 1 (the paper: Y) or 3 (colour). residual: add the input to the output (not in the paper; the
+    `compact` preset uses it so that a short CPU schedule converges -- the plain 4-layer net must first learn the
+    identity through a 9x9 bottleneck)."""
 
-    def __init__(self):
+    def __init__(self, in_channels: int = 1, widths: tuple[int, int, int] = (64, 32, 16), residual: bool = False):
         super().__init__()
-        for name, c_in, c_out, k in LAYERS:
-            setattr(self, name, nn.Conv2d(c_in, c_out, k, padding=k // 2, padding_mode="replicate"))
+        self.in_channels, self.residual = in_channels, residual
+        chans = (in_channels, *widths, in_channels)
+        for i, (name, _, _, k) in enumerate(LAYERS):
+            setattr(self, name, nn.Conv2d(chans[i], chans[i + 1], k, padding=k // 2, padding_mode="replicate"))
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.conv1(x))
-        x = self.relu(self.conv2(x))
-        x = self.relu(self.conv22(x))
-        return self.conv3(x)
+        y = self.relu(self.conv1(x))
+        y = self.relu(self.conv2(y))
+        y = self.relu(self.conv22(y))
+        y = self.conv3(y)
+        return x + y if self.residual else y
 
 
 def _read_csv(path: Path, shape: tuple[int, int]) -> np.ndarray:
@@ -74,11 +80,14 @@ def load_arcnn_csv(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 @register(
     "arcnn",
     presets={
+        "compact": Preset(kwargs=dict(in_channels=3, residual=True), weights="arcnn_compact.pt",
+                          description="colour AR-CNN at the paper's widths plus a global residual, trained blind on "
+                                      "QF 5-50 (shipped; retrain with `benchmark train --method arcnn`)"),
         "paper": Preset(weights="weights_conv1.csv", loader=load_arcnn_csv,
                         description="the authors' official QF10 model "
                                     "(dmitry42nd/CNN data/*.csv, MATLAB column-major)"),
     },
     description="AR-CNN, 4-layer artifact-reduction CNN (Dong et al. 2015)",
 )
-def build_arcnn() -> ARCNN:
-    return ARCNN()
+def build_arcnn(**kwargs) -> ARCNN:
+    return ARCNN(**kwargs)
