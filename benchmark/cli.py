@@ -60,7 +60,8 @@ def cmd_run(args) -> int:
     req = FidelityRequest(methods=methods, corruptions=corruptions, datasets=_csv(args.dataset),
                           channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
                           cache_dir=args.cache_dir, use_cache=not args.no_cache, accelerator=args.accelerator,
-                          devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet)
+                          devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet,
+                          qf_override=args.qf_override)
     t0 = time.time()
     rows, failures = run_fidelity(req)
     path = None
@@ -85,6 +86,9 @@ def _run_tasks(args, methods, corruptions) -> int:
 
     tasks = _csv(args.task)
     dataset = "shapes" if args.dataset == "samples" else args.dataset
+    if args.qf_override is not None:
+        print("error: --qf-override applies to fidelity runs, not --task runs", file=sys.stderr)
+        return EXIT_USAGE
     try:
         check_request(tasks, dataset)
     except ValueError as e:
@@ -155,6 +159,13 @@ def _qf_range(text: str) -> tuple[int, int]:
     if len(parts) > 2 or lo > hi:
         raise argparse.ArgumentTypeError(f"bad QF range {text!r}: need LO <= HI, two values")
     return lo, hi
+
+
+def _qf_override(text: str) -> int:
+    try:
+        return parse_qf(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad --qf-override {text!r}: {e}") from None
 
 
 def _qf_set(text: str) -> tuple[int, ...]:
@@ -328,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")
     r.add_argument("--preset", default=None)
     r.add_argument("--weights", default=None, help="weights file for the (non-reference) methods")
+    r.add_argument("--qf-override", type=_qf_override, default=None, metavar="QF",
+                   help="FBCNN's flexible control: restore as if every input had this QF (1..100) instead of the "
+                        "predicted one; rows get preset `<preset>@qf<QF>`")
     r.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
     r.add_argument("--cache-dir", default=None)
     r.add_argument("--no-cache", action="store_true")

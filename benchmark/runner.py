@@ -16,6 +16,7 @@ import lightning as L
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.fidelity import EvalDataModule
 from lightning_modules import create
+from lightning_modules.registry import MethodError
 
 from . import leaderboard, published
 from .evaluate import FidelityEvaluator
@@ -39,6 +40,7 @@ class FidelityRequest:
     strategy: str = "auto"
     add_reference: bool = True
     progress: bool = True
+    qf_override: int | None = None  # FBCNN's flexible control: restore as if the input had this QF
 
 
 @dataclass
@@ -82,6 +84,8 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
             try:
                 is_ref = method == REFERENCE_METHOD
                 restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
+                if req.qf_override is not None and not is_ref:
+                    set_qf_override(restorer, req.qf_override)
                 evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -96,6 +100,15 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
             for c, res in zip(req.corruptions, evaluator.results):
                 rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
     return rows, failures
+
+
+def set_qf_override(restorer, qf: int) -> None:
+    """Flexible QF control; the preset column records it (`compact@qf30`) so blind rows are not overwritten."""
+    if not hasattr(restorer, "qf_override"):
+        raise MethodError(f"{restorer.method_name}: --qf-override needs a method with QF control (fbcnn); "
+                          f"{restorer.method_name} has none")
+    restorer.qf_override = qf
+    restorer.preset_name = f"{restorer.preset_name}@qf{qf}"
 
 
 def codec_lib(codec: str, versions: dict) -> str:

@@ -239,3 +239,32 @@ def test_training_step_combines_image_and_qf_losses(compact_module):
     only_image = module.training_step((corrupted, clean, torch.tensor([float("nan"), 0.0, 101.0])), 0)
     assert only_image.item() == pytest.approx((pred - clean).abs().mean().item(), rel=1e-5)
     assert math.isfinite(module.qf_loss(q, torch.tensor([float("nan")] * 3)).item())
+
+
+def test_cli_qf_override_rows_and_errors(tmp_path, capsys):
+    """`benchmark run --qf-override`: rows keep the blind ones (preset `compact@qfN`), the QF changes the result,
+    a method without QF control and a bad QF are refused by name."""
+    import pandas as pd
+
+    from benchmark.cli import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "fbcnn_random.pt"
+    torch.save(create("fbcnn.compact", pretrained=False).net.state_dict(), weights)
+    lb = tmp_path / "f.csv"
+    base = ["run", "--method", "fbcnn.compact", "--weights", str(weights), "--qf", "10", "--leaderboard", str(lb),
+            "--quiet", "--no-reference"]
+    for qf in ("5", "95"):
+        assert main([*base, "--qf-override", qf]) == 0, capsys.readouterr()
+    assert main(base) == 0
+    df = pd.read_csv(lb, dtype=str).set_index("preset")
+    assert sorted(df.index) == ["compact", "compact@qf5", "compact@qf95"]
+    assert df.psnr["compact@qf5"] != df.psnr["compact@qf95"]
+    capsys.readouterr()
+    assert main(["run", "--method", "dncnn", "--qf", "10", "--qf-override", "30", "--leaderboard",
+                 str(tmp_path / "g.csv"), "--quiet", "--no-reference"]) == 1
+    assert "dncnn: --qf-override needs a method with QF control" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--qf-override", "0"])
+    assert exit_.value.code == 2
+    assert "bad --qf-override '0'" in capsys.readouterr().err
