@@ -16,9 +16,14 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+# named QF lists for `--qf`: the field's usual table columns and JARCAL Table 4's QFs unseen in training (10..90)
+QF_PRESETS = {"seen": "10,20,30,40", "unseen": "15,25,35,45"}
+
+
 def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int, subsampling: str) -> list[Corruption]:
-    """`--qf 10,20,30>10` -> single passes and Q1>Q2 chains; `--passes 1,3 [--qf set]` -> passes drawn from the set
-    (default the AFD set 25/18/15/10/7), seeded."""
+    """`--qf 10,20,30>10` -> single passes and Q1>Q2 chains (`--qf unseen`: a QF_PRESETS name); `--passes 1,3
+    [--qf set]` -> passes drawn from the set (default the AFD set 25/18/15/10/7), seeded."""
+    qf = QF_PRESETS.get(qf.strip(), qf) if qf else qf
     if passes:
         try:  # `1,3,5` or a range `1..5`
             counts = [n for p in _csv(passes) for n in (range(int(p.split("..")[0]), int(p.split("..")[1]) + 1)
@@ -326,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="evaluate methods and upsert leaderboard rows")
     r.add_argument("--method", default="dncnn", help="comma list of method or method.preset names")
-    r.add_argument("--qf", default=None, help="quality factors: 10,20 or chains 30>10 (double compression); with "
+    r.add_argument("--qf", default=None, help="quality factors: 10,20 or chains 30>10 (double compression), or a name: seen (10,20,30,40), "
+                   "unseen (15,25,35,45: JARCAL Table 4, QFs a model trained on 10..90 step 10 never saw); with "
                                              "--passes, the set each pass draws from")
     r.add_argument("--dataset", default="samples", help="comma list: samples, live1, live1-gray, classic5, bsds500, "
                                                        "cbsd68, bsd68, a folder; ':y' suffix = MATLAB-Y gray protocol")

@@ -25,6 +25,11 @@ TRAIN_DEFAULTS = {
     # FBCNN compact: the official recipe (benchmark/configs/fbcnn_paper.yaml) weighs the QF term 0.001; at 2500
     # steps that leaves the QF predictor untrained, so the compact recipe weighs it 0.1
     "fbcnn": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1", qf_loss_weight=0.1),
+    # JARCAL compact: stage 1 (`encoder`, MoCo) sees QFs 10..90 step 10 as the paper; the restorer is trained
+    # blind on 5..50 like the other compact models (the paper's recipe: benchmark/configs/jarcal_paper.yaml)
+    "jarcal": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1",
+                   ae_steps=300, ae_batch_size=16, ae_crop=64, ae_lr=1e-3, ae_milestones=(),
+                   ae_qf_set=tuple(range(10, 100, 10))),
     "n2n_unet": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l2",
                      betas=(0.9, 0.99)),  # the paper's L2 and Adam(1e-3, 0.9, 0.99)
     # CPU-sized (compact preset); the paper's recipe is benchmark/configs/dagn_paper.yaml
@@ -84,7 +89,7 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     stages = stages or run.get("stages")
     entry, preset_name, p = resolve_preset(method, preset)
     cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
-    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set"}
+    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set", "ae_qf_set", "ae_qf_range"}
     if unknown:
         raise ValueError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(set(cfg) | {'lr_milestones', 'lr_gamma', 'betas', *_RUN_KEYS})}")
@@ -110,13 +115,13 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     color = (getattr(module.net, "in_channels", 3) or 3) == 3
     plan = _stage_plan(module, cfg, stages)
     t0, val, log = time.time(), None, {}
-    for i, (stage, n_steps, batch, crop_size, milestones) in enumerate(plan):
+    for i, (stage, n_steps, batch, crop_size, milestones, qf_range_i, qf_set_i) in enumerate(plan):
         if stage is not None:
             module.set_stage(stage)
             print(f"stage {i + 1}/{len(plan)}: {stage} ({n_steps} steps)")
         module.lr_milestones = tuple(int(n_steps * f) for f in milestones)
-        dm = TrainDataModule(train_dir, cfg["qf_range"], crop_size, batch, n_steps, seed + i,
-                             num_workers=num_workers, color=color, noise2noise=noise2noise)
+        dm = TrainDataModule(train_dir, qf_range_i, crop_size, batch, n_steps, seed + i, num_workers=num_workers,
+                             color=color, noise2noise=noise2noise, qf_set=qf_set_i)
         stage_dir = None if ckpt_dir is None else str(Path(ckpt_dir) / (stage or "train"))
         trainer = L.Trainer(max_steps=n_steps, accelerator=accelerator, devices=devices, logger=False,
                             enable_checkpointing=ckpt_dir is not None, val_check_interval=max(n_steps // 4, 1),
@@ -242,13 +247,15 @@ def _record_of(path: str) -> dict | None:
 
 
 def _stage_plan(module, cfg: dict, stages: list[str] | None) -> list[tuple]:
-    """[(stage or None, steps, batch size, crop, lr-milestone fractions)] for this run."""
+    """[(stage or None, steps, batch size, crop, lr-milestone fractions, QF range, QF set)] for this run; the first
+    of several stages reads the `ae_*` keys (e.g. JARCAL's encoder: `ae_qf_set` 10..90)."""
     restorer_milestones = tuple(cfg.get("lr_milestones", (0.6, 0.9)))
     known = getattr(module, "stages", None)
     if not known:
         if stages:
             raise ValueError(f"{module.method_name} trains in one stage; --stage does not apply")
-        return [(None, cfg["steps"], cfg["batch_size"], cfg["crop"], restorer_milestones)]
+        return [(None, cfg["steps"], cfg["batch_size"], cfg["crop"], restorer_milestones, tuple(cfg["qf_range"]),
+                 tuple(cfg.get("qf_set", ())))]
     chosen = list(stages or known)
     bad = [s for s in chosen if s not in known]
     if bad:
@@ -259,7 +266,8 @@ def _stage_plan(module, cfg: dict, stages: list[str] | None) -> list[tuple]:
             first = s == known[0]
             key = (lambda k: f"ae_{k}") if first else (lambda k: k)
             plan.append((s, cfg[key("steps")], cfg[key("batch_size")], cfg[key("crop")],
-                         tuple(cfg["ae_milestones"]) if first else restorer_milestones))
+                         tuple(cfg.get("ae_milestones", ())) if first else restorer_milestones,
+                         tuple(cfg.get(key("qf_range"), cfg["qf_range"])), tuple(cfg.get(key("qf_set"), ()))))
     return plan
 
 

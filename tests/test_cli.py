@@ -121,3 +121,10 @@ def test_paper_column_lookup_for_methods_the_papers_lack():
     assert published.fidelity_value("jpeg", "cbsd68", "rgb", "jpeg", "10", "psnr") is None
     if not published.load("fidelity").empty:
         assert published.fidelity_value("jpeg", "live1", "rgb", "jpeg", "10", "psnr") == 25.69
+
+
+def test_named_qf_lists():
+    from benchmark.cli import parse_corruptions
+
+    assert [c.qf_label for c in parse_corruptions("unseen", "jpeg", None, 0, "420")] == ["15", "25", "35", "45"]
+    assert [c.qf_label for c in parse_corruptions(" seen", "jpeg", None, 0, "420")] == ["10", "20", "30", "40"]

@@ -105,3 +105,15 @@ def test_recipe_with_unknown_key_is_refused(tmp_path):
     bad.write_text("method: dncnn\nsteps: 5\nlearning_rate: 0.1\n")
     with pytest.raises(ValueError, match="learning_rate"):
         train(config=str(bad))
+
+
+def test_jarcal_recipe_draws_the_paper_qf_set_in_both_stages():
+    import lightning_modules.jarcal  # noqa: F401  (registers)
+
+    cfg = load_config("jarcal_paper.yaml")
+    module = create("jarcal.paper", pretrained=False)
+    plan = _stage_plan(module, {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}, None)
+    assert [p[0] for p in plan] == ["encoder", "restorer"]
+    seen = tuple(range(10, 100, 10))
+    assert plan[0][1:4] == (27500, 8, 256) and plan[0][6] == seen
+    assert plan[1][1:4] == (82500, 8, 256) and plan[1][6] == seen
