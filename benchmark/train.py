@@ -30,6 +30,9 @@ TRAIN_DEFAULTS = {
     "jarcal": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1",
                    ae_steps=300, ae_batch_size=16, ae_crop=64, ae_lr=1e-3, ae_milestones=(),
                    ae_qf_set=tuple(range(10, 100, 10))),
+    # dual priors compact (gray, trains on Y): stage 1 the gradient-domain classifier (BCE), stage 2 the rest (MAE)
+    "dualpriors": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1",
+                       ae_steps=300, ae_batch_size=16, ae_crop=64, ae_lr=1e-3, ae_milestones=()),
     "n2n_unet": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l2",
                      betas=(0.9, 0.99)),  # the paper's L2 and Adam(1e-3, 0.9, 0.99)
     # CPU-sized (compact preset); the paper's recipe is benchmark/configs/dagn_paper.yaml

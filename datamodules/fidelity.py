@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corruptions import Corruption, CorruptionCache, apply
 from .sources import (SAMPLE_TRAIN_IMAGES, DatasetError, ImageRecord, LoadReport, load_folder, load_samples,
-                      resolve_dataset)
+                      resolve_dataset, to_y)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -115,7 +115,7 @@ def default_train_folder() -> Path | None:
 
 def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[ImageRecord], str]:
     """Training images: a folder (default ../shared/data/train/BSDS500_train), else scikit-image's shipped photos
-    that are *not* in the evaluation `samples` set."""
+    that are *not* in the evaluation `samples` set; colour ones only for a colour network, their Y for a gray one."""
     folder = Path(train_dir) if train_dir else default_train_folder()
     if folder is not None:
         records, name = load_folder(folder), str(folder)
@@ -123,6 +123,9 @@ def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[
         records, name = load_samples(SAMPLE_TRAIN_IMAGES), "skimage-train"
     if color:
         records = [r for r in records if not r.is_gray] or records
+    else:  # a gray network trains on MATLAB-Y images compressed as gray JPEGs, as the gray test sets are made
+        records = [r if r.is_gray else ImageRecord(r.name, to_y(r.pixels), r.source) for r in records]
+        name = f"{name} (MATLAB Y)"
     return records, name
 
 

@@ -61,7 +61,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import afd, arcnn, dagn, dcsc, dncnn, fbcnn, identity, jarcal, n2n_unet, urie  # noqa: F401  (built-ins register on import)
+    from . import afd, arcnn, dagn, dcsc, dncnn, dualpriors, fbcnn, identity, jarcal, n2n_unet, urie  # noqa: F401  (built-ins register on import)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:

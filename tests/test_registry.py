@@ -16,8 +16,8 @@ def test_available_and_wildcards():
     assert {"jpeg.none", "dncnn.compact", "dncnn.paper"} <= set(names)
     assert available("dncnn*") == ["dncnn.compact", "dncnn.paper"]
     assert available("*.paper") == ["afd.paper", "arcnn.paper", "dagn.paper", "dcsc.paper", "degradation_prior.paper",
-                                    "dncnn.paper", "fbcnn.paper", "jarcal.paper", "jpeg_finetune.paper", "n2n_unet.paper",
-                                    "urie.paper"]
+                                    "dncnn.paper", "dualpriors.paper", "fbcnn.paper", "jarcal.paper",
+                                    "jpeg_finetune.paper", "n2n_unet.paper", "urie.paper"]
     assert available("dagn.paper_*") == ["dagn.paper_baseline", "dagn.paper_w_cfm", "dagn.paper_w_cigm", "dagn.paper_w_csgm"]
 
 

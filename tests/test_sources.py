@@ -107,3 +107,21 @@ def test_y_variant_is_matlab_luma(rng, tmp_path):
     save(tmp_path / "a.png", rgb)
     (rec,) = resolve_dataset(f"{tmp_path}:y")
     assert np.array_equal(rec.pixels, np.round(rgb2ycbcr(rgb)[..., 0]).astype(np.uint8))
+
+
+def test_gray_training_records_are_matlab_y(tmp_path):
+    """A gray network trains on the Y of colour training images (as the gray test sets are made), not on RGB."""
+    from PIL import Image
+
+    from datamodules.fidelity import load_train_records
+    from datamodules.sources import to_y
+
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    (gray,), name = load_train_records(str(tmp_path), color=False)
+    assert gray.pixels.shape == (20, 24) and name.endswith("(MATLAB Y)")
+    y = np.round(16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255)
+    np.testing.assert_array_equal(gray.pixels, y.astype(np.uint8))
+    np.testing.assert_array_equal(to_y(rgb), gray.pixels)
+    (colour,), _ = load_train_records(str(tmp_path), color=True)
+    assert colour.pixels.shape == (20, 24, 3)
