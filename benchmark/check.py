@@ -17,7 +17,7 @@ from . import leaderboard
 TOLERANCE_FILE = leaderboard.LEADERBOARD_DIR / "tolerances.yaml"
 # board -> the `benchmark` arguments that re-measure it on the embedded default
 SUITE = {
-    "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet", "--qf", "10,20"],
+    "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet,jarcal,dualpriors,arcnn,fbcnn", "--qf", "10,20"],
     "tasks": ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
 }
 TASK_BOARDS = ("classification", "detection", "segmentation")
