@@ -214,15 +214,19 @@ def cmd_efficiency(args) -> int:
             print(f"error: no method matches {pattern!r}; see `benchmark list`", file=sys.stderr)
             return EXIT_USAGE
         names += [n for n in found if n not in names and n.split(".")[0] != "jpeg"]  # jpeg: no network
-    rows = []
+    rows, failed = [], []
     for name in names:
         print(f"measuring {name} at {args.size}x{args.size} ...", flush=True)
-        rows += measure_forms(name, args.size, args.repeat)
+        try:
+            rows += measure_forms(name, args.size, args.repeat)
+        except Exception as e:  # noqa: BLE001 -- named, and the other methods are still measured
+            failed.append(name)
+            print(f"error: {name}: {type(e).__name__}: {e}", file=sys.stderr)
     rows += paper_rows(sorted({METHOD_PAPER[n.split(".")[0]] for n in names if n.split(".")[0] in METHOD_PAPER}))
     print(format_table(rows))
-    if not args.dry_run:
+    if rows and not args.dry_run:
         write(rows, args.leaderboard)
-    return 0
+    return EXIT_FAILED if failed else 0
 
 
 def cmd_check(args) -> int:

@@ -43,8 +43,10 @@ def cpu_name() -> str:
 
 
 def reparameterizable(net: torch.nn.Module) -> bool:
-    """Has branches that fuse for inference (RepVGG-style blocks, conv+BN pairs with a `fuse`)."""
-    return any(hasattr(m, hook) for m in net.modules() for hook in REPARAM_HOOKS)
+    """Has branches that fuse for inference (RepVGG-style blocks, conv+BN pairs with a `fuse`) -- a method, not a
+    submodule that happens to be called `fuse` (JARCAL's EFFM has one)."""
+    return any(callable(getattr(m, hook, None)) and not isinstance(getattr(m, hook), torch.nn.Module)
+               for m in net.modules() for hook in REPARAM_HOOKS)
 
 
 def forms(name: str) -> list[str]:

@@ -43,3 +43,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _builtins_registered():
+    # tests that monkeypatch a copy of the registry must copy it with the built-ins in it, whatever runs first
+    from lightning_modules.registry import _load_plugins
+
+    _load_plugins()

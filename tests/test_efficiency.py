@@ -117,3 +117,19 @@ def test_jarcal_recipe_draws_the_paper_qf_set_in_both_stages():
     seen = tuple(range(10, 100, 10))
     assert plan[0][1:4] == (27500, 8, 256) and plan[0][6] == seen
     assert plan[1][1:4] == (82500, 8, 256) and plan[1][6] == seen
+
+
+def test_a_submodule_named_fuse_is_not_a_reparameterisation_hook():
+    from benchmark.efficiency import reparameterizable
+
+    class WithFuseModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fuse = torch.nn.Sequential(torch.nn.Conv2d(2, 2, 1))
+
+    class WithFuseMethod(torch.nn.Module):
+        def fuse(self):
+            return self
+
+    assert not reparameterizable(WithFuseModule())
+    assert reparameterizable(torch.nn.Sequential(WithFuseMethod()))
