@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corruptions import Corruption, CorruptionCache, apply
 from .sources import (SAMPLE_TRAIN_IMAGES, DatasetError, ImageRecord, LoadReport, load_folder, load_samples,
-                      resolve_dataset, to_y)
+                      as_y, resolve_dataset)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -124,7 +124,7 @@ def load_train_records(train_dir: str | None, color: bool = True) -> tuple[list[
     if color:
         records = [r for r in records if not r.is_gray] or records
     else:  # a gray network trains on MATLAB-Y images compressed as gray JPEGs, as the gray test sets are made
-        records = [r if r.is_gray else ImageRecord(r.name, to_y(r.pixels), r.source) for r in records]
+        records = as_y(records)
         name = f"{name} (MATLAB Y)"
     return records, name
 

@@ -201,6 +201,9 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
     else:
         known = ", ".join(["samples", *NAMED_DATASETS])
         raise DatasetError(f"unknown dataset {base!r}: use one of {known}, or a folder path")
-    if variant == "y":
-        records = [ImageRecord(r.name, to_y(r.pixels) if not r.is_gray else r.pixels, r.source) for r in records]
-    return records
+    return as_y(records) if variant == "y" else records
+
+
+def as_y(records: list[ImageRecord]) -> list[ImageRecord]:
+    """Colour records replaced by their MATLAB Y; gray ones kept."""
+    return [r if r.is_gray else ImageRecord(r.name, to_y(r.pixels), r.source) for r in records]
