@@ -74,5 +74,5 @@ def test_official_dcsc_reproduces_published_psnr(tmp_path):
                           cache_dir=str(tmp_path))
     rows, failures = run_fidelity(req)
     assert not failures, failures
-    (got,) = [r["psnr"] for r in rows if r["method"] == "dcsc.paper"]
+    (got,) = [r["psnr"] for r in rows if (r["method"], r["preset"]) == ("dcsc", "paper")]
     assert abs(got - 29.62) <= 0.01 + 1e-9, f"measured {got:.3f}, published 29.62"
