@@ -242,7 +242,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         def num(v, fmt):
-            return format(float(v), fmt) if v not in ("", None) else "-"
+            return format(float(v), fmt) if v not in ("", None) else "-".rjust(int(fmt.split(".")[0]))
         lines.append(f"{r['method']:<30}{r['preset']:<18}{r.get('form', ''):<8}{r['source']:<10}{num(r['params_m'], '10.2f')}"
                      f"{num(r['gmacs'], '10.1f')}{num(r['latency_ms'], '12.1f')}  {r['device']}")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.efficiency import count_flops, measure, paper_rows, write
+from benchmark.efficiency import count_flops, format_table, measure, paper_rows, write
 from benchmark.train import _stage_plan, load_config, train
 from lightning_modules import create
 from tests.conftest import need_shared
@@ -74,6 +74,15 @@ def test_paper_rows_carry_table_III():
     rows = {r["method"]: r for r in paper_rows(["dagn"])}
     assert rows["dagn"]["params_m"] == "109.9" and rows["dagn"]["gmacs"] == "952.8"
     assert all(r["source"] == "paper" for r in rows.values())
+
+
+def test_table_keeps_its_columns_where_a_paper_row_has_no_latency():
+    measured = {"method": "dncnn", "preset": "compact", "form": "deploy", "source": "measured", "params_m": 0.5,
+                "gmacs": 9.0, "latency_ms": 12.0, "device": "cpu"}
+    paper = dict(measured, source="paper", gmacs="", latency_ms="")
+    _, a, b = format_table([measured, paper]).splitlines()
+    assert len(a) == len(b) and a.index("cpu") == b.index("cpu")
+    assert b.split()[-3:] == ["-", "-", "cpu"]
 
 
 @need_shared("published", "fidelity.csv")

@@ -40,7 +40,7 @@ def test_one_training_step_lowers_the_l2_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
 
 
