@@ -224,7 +224,8 @@ def paper_rows(methods: list[str]) -> list[dict]:
                      "device": r["device"],
                      "params_m": r["params_m"], "gflops": "", "gmacs": r["flops_g"], "latency_ms": ms,
                      "threads": "", "source": "paper",
-                     "note": f"{r['paper']} Table {r['table']}: 'FLOPs' as printed (read as multiply-adds); "
+                     "note": f"{r['paper']} Table {r['table']}: "
+                             + ("'FLOPs' as printed (read as multiply-adds); " if r["flops_g"] not in ("", None) else "")
                              + r["note"]})
     return rows
 

@@ -117,68 +117,74 @@ def plot_task_passes(boards: Path, task: str, metric: str, out: Path) -> Path | 
     return _save(fig, out)
 
 
-def cost_points(df: pd.DataFrame, eff: pd.DataFrame) -> list[dict]:
-    """Per (method.preset, source): PSNR gain over jpeg at GAIN_AT, latency, MACs, params."""
+def _num(v) -> float:
+    """A board cell as a float; empty (a paper that printed no such figure) is NaN."""
+    return float(v) if v not in ("", None) and not pd.isna(v) else float("nan")
+
+
+def cost_sizes(eff: pd.DataFrame) -> list[str]:
+    """The input sizes ("512x512", "224x224") with measured efficiency rows, largest first."""
+    if eff.empty:
+        return []
+    sizes = {str(i).split()[0] for i in eff[eff.source == "measured"]["input"] if str(i).strip()}
+    return sorted(sizes, key=lambda s: -int(s.split("x")[0]))
+
+
+def cost_points(df: pd.DataFrame, eff: pd.DataFrame, size: str = "512x512") -> list[dict]:
+    """Per (method.preset, source) at one input size: PSNR gain over jpeg at GAIN_AT, latency, MACs, params.
+    Sizes never mix in one plot (cost grows with pixels); a figure a paper did not print is NaN, left off its axis."""
     if df.empty or eff.empty:
         return []
     dataset, qf = GAIN_AT
+    rows = df[(df.dataset == dataset) & (df.qf == qf) & (df.channels == "rgb") & (df.codec == "jpeg")
+              & (df.passes == "1")]
     points = []
-    for _, e in eff.iterrows():
-        src = e["source"]
-        rows = df[(df.source == src) & (df.dataset == dataset) & (df.qf == qf) & (df.channels == "rgb")
-                  & (df.codec == "jpeg") & (df.passes == "1")]
-        base = rows[rows.method == "jpeg"]
-        own = rows[(rows.method == e["method"]) & (rows.preset == e["preset"])]
+    for _, e in eff[eff["input"].astype(str).str.split().str[0] == size].iterrows():
+        src = rows[rows.source == e["source"]]
+        base = src[src.method == "jpeg"]
+        own = src[(src.method == e["method"]) & (src.preset == e["preset"])]
         if base.empty or own.empty:
             continue
-        points.append({"label": _label(e), "source": src, "gain": float(own.psnr.iloc[0] - base.psnr.iloc[0]),
-                       "latency_ms": float(e["latency_ms"]), "gmacs": float(e["gmacs"]),
-                       "params_m": float(e["params_m"]), "device": e["device"]})
+        points.append({"label": _label(e), "source": e["source"], "gain": float(own.psnr.iloc[0] - base.psnr.iloc[0]),
+                       "latency_ms": _num(e["latency_ms"]), "gmacs": _num(e["gmacs"]),
+                       "params_m": _num(e["params_m"]), "device": e["device"], "size": size})
     return points
 
 
-def plot_gain_vs_latency(points: list[dict], out: Path) -> Path | None:
-    if not points:
-        return None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for src, marker in (("measured", "o"), ("paper", "s")):
-        pts = [p for p in points if p["source"] == src]
-        if not pts:
-            continue
-        ax.scatter([p["latency_ms"] for p in pts], [p["gain"] for p in pts], marker=marker,
-                   label="measured (CPU)" if src == "measured" else "paper (its GPU)")
-        for p in pts:
-            ax.annotate(p["label"], (p["latency_ms"], p["gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set(xlabel="latency per 512x512 image (ms, log)", ylabel=f"PSNR gain over jpeg (dB)",
-           title=f"Gain vs latency ({GAIN_AT[0]}, QF {GAIN_AT[1]})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, out)
-
-
-def plot_params_macs(points: list[dict], out: Path) -> Path | None:
-    if not points:
+def _scatter_by_source(points: list[dict], x: str, out: Path, xlabel: str, title: str, bubbles: bool = False):
+    pts_all = [p for p in points if p[x] == p[x]]  # NaN != NaN: a figure the paper did not print
+    if not pts_all:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     for src, color in (("measured", "tab:blue"), ("paper", "tab:orange")):
-        pts = [p for p in points if p["source"] == src]
+        pts = [p for p in pts_all if p["source"] == src]
         if not pts:
             continue
-        ax.scatter([p["gmacs"] for p in pts], [p["gain"] for p in pts], s=[20 + 4 * p["params_m"] for p in pts],
-                   alpha=0.5, color=color, label=f"{src} (bubble: params)")
+        sizes = [20 + 4 * (p["params_m"] if p["params_m"] == p["params_m"] else 0) for p in pts] if bubbles else 30
+        ax.scatter([p[x] for p in pts], [p["gain"] for p in pts], s=sizes, alpha=0.5 if bubbles else 1.0,
+                   color=color, marker="o" if src == "measured" else "s",
+                   label=("measured (this CPU)" if src == "measured" else "paper (its own device)")
+                   + (" (bubble: params)" if bubbles else ""))
         for p in pts:
-            ax.annotate(f"{p['label']} {p['params_m']:.1f}M", (p["gmacs"], p["gain"]), fontsize=7)
+            text = f"{p['label']} {p['params_m']:.1f}M" if bubbles and p["params_m"] == p["params_m"] else p["label"]
+            ax.annotate(text, (p[x], p["gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")
-    ax.set(xlabel="GMACs at 512x512 (log)", ylabel="PSNR gain over jpeg (dB)",
-           title=f"Cost vs gain ({GAIN_AT[0]}, QF {GAIN_AT[1]})")
+    ax.set(xlabel=xlabel, ylabel="PSNR gain over jpeg (dB)", title=f"{title} ({GAIN_AT[0]}, QF {GAIN_AT[1]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_gain_vs_latency(points: list[dict], out: Path) -> Path | None:
+    size = points[0]["size"] if points else ""
+    return _scatter_by_source(points, "latency_ms", out, f"latency per {size} image (ms, log)", "Gain vs latency")
+
+
+def plot_params_macs(points: list[dict], out: Path) -> Path | None:
+    size = points[0]["size"] if points else ""
+    return _scatter_by_source(points, "gmacs", out, f"GMACs at {size} (log)", "Cost vs gain", bubbles=True)
 
 
 # ---- tables ----------------------------------------------------------------------------------------------------
@@ -267,12 +273,14 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
         p = plot_passes(df, out / "passes.png")
         if p:
             plots["Multi-pass JPEG"] = p
-    points = cost_points(df, eff)
-    for title, fn, name in (("Gain vs latency", plot_gain_vs_latency, "gain_vs_latency.png"),
-                            ("Cost vs gain (bubble: params)", plot_params_macs, "params_macs.png")):
-        p = fn(points, out / name)
-        if p:
-            plots[title] = p
+    for n, size in enumerate(cost_sizes(eff)):
+        points = cost_points(df, eff, size)
+        suffix = "" if n == 0 else f"_{size.split('x')[0]}"  # the largest size keeps the plain names
+        for title, fn, name in (("Gain vs latency", plot_gain_vs_latency, "gain_vs_latency"),
+                                ("Cost vs gain (bubble: params)", plot_params_macs, "params_macs")):
+            p = fn(points, out / f"{name}{suffix}.png")
+            if p:
+                plots[f"{title} at {size}"] = p
     from .plots import plot_task_board
 
     for task, metric in TASKS.items():

@@ -44,3 +44,30 @@ def test_html_renders_in_headless_chromium(boards, tmp_path):
                           out["html"].as_uri()], capture_output=True, text=True, timeout=120).stdout
     n_rows = len(leaderboard.read(boards / "fidelity.csv").query("source == 'measured'"))
     assert dom.count("<tr>") >= n_rows and "carbench leaderboards" in dom
+
+
+def test_cost_plots_keep_input_sizes_apart_and_skip_figures_a_paper_did_not_print(tmp_path):
+    import pandas as pd
+
+    from benchmark.report import cost_points, cost_sizes, plot_gain_vs_latency
+
+    def fid(method, source, psnr):
+        return {"method": method, "preset": "paper" if source == "paper" else "compact", "dataset": "live1",
+                "qf": "10", "channels": "rgb", "codec": "jpeg", "passes": "1", "source": source, "psnr": psnr}
+
+    df = pd.DataFrame([fid("jpeg", "measured", 25.0), fid("net", "measured", 26.0),
+                       fid("jpeg", "paper", 25.5), fid("net", "paper", 27.0)])
+    df.loc[df.method == "jpeg", "preset"] = "-"
+
+    def eff(source, size, ms, gmacs):
+        return {"method": "net", "preset": "paper" if source == "paper" else "compact", "input": f"{size}x{size} rgb",
+                "source": source, "latency_ms": ms, "gmacs": gmacs, "params_m": "0.5", "device": "cpu"}
+
+    effs = pd.DataFrame([eff("measured", 224, "10", "1.0"), eff("measured", 512, "55", "5.2"),
+                         eff("paper", 512, "", "4.0")])  # the paper printed no latency
+    assert cost_sizes(effs) == ["512x512", "224x224"]
+    at512 = cost_points(df, effs, "512x512")
+    assert [(p["source"], p["gain"], p["gmacs"]) for p in at512] == [("measured", 1.0, 5.2), ("paper", 1.5, 4.0)]
+    assert at512[1]["latency_ms"] != at512[1]["latency_ms"]  # NaN, not 0
+    assert [p["latency_ms"] for p in cost_points(df, effs, "224x224")] == [10.0]
+    assert plot_gain_vs_latency(at512, tmp_path / "g.png").stat().st_size > 5000
