@@ -389,12 +389,6 @@ class DAGNModule(RestorerModule):
         # stage 1 drops by 0.1 (paper: at epochs 5 and 10 of 15); stepped by hand in training_step
         return opts, [torch.optim.lr_scheduler.MultiStepLR(o, list(self.lr_milestones), 0.1) for o in opts]
 
-    def _with_schedule(self, opt):
-        if not self.lr_milestones:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=self.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
 
 PAPER = dict(in_channels=3, widths=(64, 128, 256, 512), blocks=4, encoder_width=64, encoder_layers=(3, 4, 6, 3),
              embed=512)

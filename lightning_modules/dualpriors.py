@@ -264,19 +264,8 @@ class DualPriorsModule(RestorerModule):
         if self.stage == "restorer":
             self.net.classifier.eval()  # frozen
 
-    def _as_net_channels(self, x: torch.Tensor) -> torch.Tensor:
-        """Colour crops for a gray network: one gray image per channel (as RestorerModule.forward restores them)."""
-        c, want = x.shape[1], self.net.in_channels
-        if c == want:
-            return x
-        if want == 1:
-            return x.reshape(-1, 1, *x.shape[2:])
-        if c == 1:
-            return x.expand(-1, want, -1, -1)
-        raise ValueError(f"dualpriors: cannot classify {c}-channel crops with a {want}-channel network")
-
     def _classifier_batch(self, batch):
-        corrupted, clean = self._as_net_channels(batch[0]), self._as_net_channels(batch[1])
+        corrupted, clean = self.as_net_channels(batch[0]), self.as_net_channels(batch[1])
         g = torch.cat([image_gradients(clean), image_gradients(corrupted)])
         labels = torch.cat([torch.zeros(len(clean)), torch.ones(len(corrupted))]).to(g)
         return self.net.classifier.logits(g), labels
@@ -302,10 +291,7 @@ class DualPriorsModule(RestorerModule):
         else:
             rest = [p for n, p in self.net.named_parameters() if p.requires_grad and not n.startswith("classifier.")]
             opt = torch.optim.Adam(rest, lr=self.lr, betas=self.betas)
-        if not self.lr_milestones:
-            return opt
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=self.lr_gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return self._with_schedule(opt)
 
 
 PAPER = dict(in_channels=1, stages=5, features=112, grad_steps=3, classifier_width=32, dilations=(1, 3, 5), units=3)

@@ -554,10 +554,8 @@ class JARCALModule(RestorerModule):
     def configure_optimizers(self):
         if self.stage == "encoder":
             params = [*self.net.encoder.parameters(), *self.aux.projection.parameters()]
-            opt = torch.optim.Adam(params, lr=self.ae_lr, betas=self.betas)
-            if not self.lr_milestones:
-                return opt
-            return [opt], [torch.optim.lr_scheduler.MultiStepLR(opt, list(self.lr_milestones), self.lr_gamma)]
+            # milestones are optimizer steps (benchmark train sets them so): step the schedule per step, not per epoch
+            return self._with_schedule(torch.optim.Adam(params, lr=self.ae_lr, betas=self.betas))
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr, betas=self.betas)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self._stage_steps(), 1))

@@ -30,14 +30,22 @@ class RestorerModule(L.LightningModule):
         return getattr(self.net, "size_multiple", 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._padded(self.as_net_channels(x))
+        if self.in_channels in (None, x.shape[1]):
+            return out
+        # gray network, colour image: the channels come back; colour network, gray image: their mean
+        return out.reshape(x.shape) if self.in_channels == 1 else out.mean(1, keepdim=True)
+
+    def as_net_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the network takes it: a colour image as one gray image per channel for a gray network, a gray image
+        replicated for a colour one."""
         c = x.shape[1]
         if self.in_channels in (None, c):
-            return self._padded(x)
-        if self.in_channels == 1:  # gray network, colour image: channel by channel
-            n = x.shape[0]
-            return self._padded(x.reshape(n * c, 1, *x.shape[2:])).reshape(x.shape)
-        if c == 1:  # colour network, gray image
-            return self._padded(x.expand(-1, self.in_channels, -1, -1)).mean(1, keepdim=True)
+            return x
+        if self.in_channels == 1:
+            return x.reshape(-1, 1, *x.shape[2:])
+        if c == 1:
+            return x.expand(-1, self.in_channels, -1, -1)
         raise ValueError(f"{self.method_name}: cannot restore {c}-channel input with a {self.in_channels}-channel net")
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,10 @@ class RestorerModule(L.LightningModule):
         self.log("val_psnr", -10 * torch.log10(mse), prog_bar=True)
 
     def configure_optimizers(self):
-        opt = torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas)
+        return self._with_schedule(torch.optim.Adam(self.parameters(), lr=self.lr, betas=self.betas))
+
+    def _with_schedule(self, opt):
+        """opt, stepped down by lr_gamma at each of lr_milestones (optimizer steps) when there are any."""
         if not self.lr_milestones:
             return opt
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(self.lr_milestones), gamma=self.lr_gamma)
