@@ -57,9 +57,18 @@ IMAGENET_CLASSES = 1000
 _WNID = re.compile(r"n\d{8}")
 
 
-class Labeled(NamedTuple):
+class _SamplesClasses(NamedTuple):
     samples: list[tuple[Path, int]]
     classes: list[str]
+
+
+class Labeled(_SamplesClasses):
+    """(samples, classes), plus `skipped`: (file, reason) of the files the layout could not label."""
+
+    def __new__(cls, samples, classes, skipped=()):
+        self = super().__new__(cls, samples, classes)
+        self.skipped = list(skipped)
+        return self
 
 
 # ---- layouts -------------------------------------------------------------------------------------------------------
@@ -84,8 +93,15 @@ def _read_wnids(wnids: Sequence[str] | str | os.PathLike) -> list[str]:
 
 
 def _class_list(found: set[str], wnids, where: str) -> list[str]:
+    """The class order: a given wnid list; else ImageNet-1k's (timm's list) when the folder holds ImageNet wnids,
+    so indices match a 1000-class model even for a subset; else the sorted wnids found (with a warning)."""
     if wnids is not None:
         return _read_wnids(wnids)
+    from lightning_modules.efficientnet_lite import imagenet_wnids
+
+    canonical = imagenet_wnids()
+    if found & set(canonical):
+        return canonical
     classes = sorted(found)
     if len(classes) != IMAGENET_CLASSES:
         warnings.warn(f"{where}: {len(classes)} wnids found, not {IMAGENET_CLASSES}: class indices are positions in "
@@ -109,6 +125,8 @@ def imagenet_folders(root: str | os.PathLike, wnids: Sequence[str] | str | os.Pa
     samples = []
     for idx, wnid in enumerate(classes):
         folder = root / wnid
+        if not folder.is_dir() and wnids is None and wnid not in found:  # ImageNet's order over a subset
+            continue
         if not folder.is_dir():
             raise DatasetError(f"ImageNet class {wnid} (index {idx}): expected the folder {folder}")
         files = sorted(p for p in folder.iterdir() if _is_image(p))
@@ -119,23 +137,28 @@ def imagenet_folders(root: str | os.PathLike, wnids: Sequence[str] | str | os.Pa
 
 
 def imagenet_flat(folder: str | os.PathLike, wnids: Sequence[str] | str | os.PathLike | None = None) -> Labeled:
-    """One folder of `<wnid>_<anything>.<ext>` files (`n01440764_tench.JPEG`)."""
+    """One folder of `<wnid>_<anything>.<ext>` files (`n01440764_tench.JPEG`). A file without a wnid prefix, or whose
+    wnid is not a class, is named in a warning, skipped and counted (`Labeled.skipped`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"image folder {folder} does not exist: expected files like {folder}/n01440764_tench.JPEG")
     files = sorted(p for p in folder.iterdir() if _is_image(p))
     if not files:
         raise DatasetError(f"{folder} holds no images: expected files like {folder}/n01440764_tench.JPEG")
-    bad = [p.name for p in files if not _WNID.match(p.name)]
-    if bad:
-        raise DatasetError(f"{folder}: file names must start with the wnid (n01440764_tench.JPEG); not: {bad[:5]}")
+    skipped = [(str(p), "file name does not start with a wnid (n01440764_tench.JPEG)")
+               for p in files if not _WNID.match(p.name)]
+    files = [p for p in files if _WNID.match(p.name)]
     labels = [p.name[:9] for p in files]
     classes = _class_list(set(labels), wnids, str(folder))
     index = {w: i for i, w in enumerate(classes)}
-    unknown = sorted({w for w in labels if w not in index})
-    if unknown:
-        raise DatasetError(f"{folder}: wnids {unknown[:5]} are not in the given wnid list")
-    return Labeled([(p, index[w]) for p, w in zip(files, labels)], classes)
+    skipped += [(str(p), f"wnid {w} is not one of the {len(classes)} classes") for p, w in zip(files, labels)
+                if w not in index]
+    for path, why in skipped:
+        warnings.warn(f"skipped {path}: {why}", stacklevel=2)
+    samples = [(p, index[w]) for p, w in zip(files, labels) if w in index]
+    if not samples:
+        raise DatasetError(f"{folder}: no image is labelled by a known wnid ({len(skipped)} skipped)")
+    return Labeled(samples, classes, skipped)
 
 
 def _id_table(path: Path) -> dict[int, str]:
@@ -223,22 +246,42 @@ def flowers102(root: str | os.PathLike, split: str = "test") -> Labeled:
 
 
 # ---- ImageNet-C JPEG protocol --------------------------------------------------------------------------------------
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """uint8 HxWx3: gray replicated to RGB (as PIL `convert('RGB')`); modes `read_image` refuses (CMYK, ...) are
-    converted by Pillow as torchvision's `pil_loader` does, with a warning."""
+def load_rgb_noted(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
+    """(uint8 HxWx3, note): gray is replicated to RGB (as PIL `convert('RGB')`); modes `read_image` refuses (CMYK,
+    ...) are converted by Pillow as torchvision's `pil_loader` does. `note` says what was converted (None: RGB)."""
+    note = None
     try:
         px = read_image(path).pixels
     except ImageError as e:
         if "not supported" not in str(e) and "not 8-bit" not in str(e):
             raise
-        warnings.warn(f"{path}: converted to RGB by Pillow ({e})", stacklevel=2)
         with Image.open(path) as img:
+            note = f"{img.mode} converted to RGB by Pillow"
             px = np.asarray(img.convert("RGB")).copy()
-    return np.repeat(px[..., None], 3, axis=2) if px.ndim == 2 else px
+    if px.ndim == 2:
+        note = "gray, replicated to RGB"
+        px = np.repeat(px[..., None], 3, axis=2)
+    return px, note
 
 
-def resize_center_crop(pixels: np.ndarray, resize: int = RESIZE, crop: int = CROP) -> np.ndarray:
-    """torchvision `Resize(resize)` + `CenterCrop(crop)` on a PIL image (bilinear), for uint8 HxW[x3] arrays."""
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    """`load_rgb_noted`, warning where a non-RGB mode was converted (gray replication is silent)."""
+    px, note = load_rgb_noted(path)
+    if note and not note.startswith("gray"):
+        warnings.warn(f"{path}: {note}", stacklevel=2)
+    return px
+
+
+_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+             "lanczos": Image.LANCZOS}
+
+
+def resize_center_crop(pixels: np.ndarray, resize: int = RESIZE, crop: int = CROP,
+                       interpolation: str = "bilinear") -> np.ndarray:
+    """torchvision `Resize(resize)` + `CenterCrop(crop)` on a PIL image, for uint8 HxW[x3] arrays; `interpolation`
+    is PIL's filter (ImageNet-C: bilinear; timm's EfficientNet-Lite: bicubic)."""
+    if interpolation not in _RESAMPLE:
+        raise ValueError(f"interpolation {interpolation!r}: use one of {', '.join(_RESAMPLE)}")
     img = Image.fromarray(pixels)
     w, h = img.size
     if w <= h:
@@ -246,7 +289,7 @@ def resize_center_crop(pixels: np.ndarray, resize: int = RESIZE, crop: int = CRO
     else:
         size = (int(resize * w / h), resize)
     if size != (w, h):
-        img = img.resize(size, Image.BILINEAR)
+        img = img.resize(size, _RESAMPLE[interpolation])
     w, h = img.size
     if w < crop or h < crop:
         raise ImageError(f"{w}x{h} after resizing is smaller than the {crop}x{crop} crop")
@@ -287,16 +330,19 @@ class ClassificationSet(Dataset):
     """
 
     def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], corruption: Corruption | None = None,
-                 resize: int = RESIZE, crop: int = CROP, cache: CorruptionCache | None = None):
+                 resize: int = RESIZE, crop: int = CROP, cache: CorruptionCache | None = None, preprocess=None):
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.corruption, self.resize, self.crop, self.cache = corruption, resize, crop, cache
+        self.interpolation = "bilinear"
+        if preprocess is not None:  # the classifier's own (efficientnet_lite.Preprocess)
+            self.resize, self.crop, self.interpolation = preprocess.resize, preprocess.crop, preprocess.interpolation
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        px = resize_center_crop(load_rgb(path), self.resize, self.crop)
+        px = resize_center_crop(load_rgb(path), self.resize, self.crop, self.interpolation)
         if self.corruption is not None:
             digest = ImageRecord(path.stem, px).digest if (self.corruption.draw or self.cache) else None
             if self.cache is not None:
@@ -308,17 +354,70 @@ class ClassificationSet(Dataset):
 
 
 
+class DecodedCrops(Dataset):
+    """The clean crops of labelled samples, decoded once and kept in memory: `(uint8 CHW crop, label)`.
+
+    An unreadable file (truncated, corrupt) is named in a warning, skipped and counted (`skipped`); a gray or CMYK
+    file is converted to RGB and counted (`converted`), with one warning naming them. `preprocess` (resize, crop,
+    interpolation) is the classifier's own; None = ImageNet-C's 256/224 bilinear."""
+
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], preprocess=None, progress: bool = False,
+                 skipped: Sequence[tuple[str, str]] = ()):
+        resize, crop, interp = (RESIZE, CROP, "bilinear") if preprocess is None else \
+            (preprocess.resize, preprocess.crop, preprocess.interpolation)
+        self.crops, self.labels, self.names = [], [], []
+        self.skipped, self.converted = list(skipped), []
+        bar = _bar(len(samples), "decoding", progress)
+        for path, label in samples:
+            path = Path(path)
+            try:
+                px, note = load_rgb_noted(path)
+                crop_px = resize_center_crop(px, resize, crop, interp)
+            except ImageError as e:
+                warnings.warn(f"skipped {path}: {e}", stacklevel=2)
+                self.skipped.append((str(path), str(e)))
+            else:
+                if note:
+                    self.converted.append((str(path), note))
+                self.crops.append(torch.from_numpy(np.ascontiguousarray(crop_px)).permute(2, 0, 1).contiguous())
+                self.labels.append(int(label))
+                self.names.append(path.stem)
+            bar.update(1)
+        bar.close()
+        if self.converted:
+            kinds = sorted({n for _, n in self.converted})
+            warnings.warn(f"{len(self.converted)} image(s) converted to RGB ({'; '.join(kinds)}): "
+                          f"{', '.join(Path(p).name for p, _ in self.converted[:5])}"
+                          f"{' ...' if len(self.converted) > 5 else ''}", stacklevel=2)
+        if not self.crops:
+            raise DatasetError(f"no usable image among {len(samples)} ({len(self.skipped)} skipped)")
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int):
+        return self.crops[i], torch.tensor(self.labels[i])
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False)
+
+
 class JPEGTrainingSet(Dataset):
     """Labelled training items for fine-tuning on JPEG data (the transfer-learning baseline): the ImageNet-C crop of
     each image, JPEG-compressed at a QF drawn from `qf_set`; -> (float JPEG CHW, float clean CHW, label).
     Item i is a pure function of (seed, i)."""
 
     def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], qf_set: Sequence[int], length: int,
-                 seed: int = 0, resize: int = RESIZE, crop: int = CROP):
+                 seed: int = 0, resize: int = RESIZE, crop: int = CROP, preprocess=None, flip: bool = False):
         if not samples or not qf_set:
             raise DatasetError("JPEGTrainingSet needs images and a QF set")
-        self.clean = ClassificationSet(samples, None, resize, crop)
-        self.qf_set, self.length, self.seed = tuple(qf_set), length, seed
+        self.clean = ClassificationSet(samples, None, resize, crop, preprocess=preprocess)
+        self.qf_set, self.length, self.seed, self.flip = tuple(qf_set), length, seed, flip
 
     def __len__(self) -> int:
         return self.length
@@ -327,6 +426,8 @@ class JPEGTrainingSet(Dataset):
         rng = np.random.default_rng([self.seed, i])
         px, label, _ = self.clean[int(rng.integers(len(self.clean)))]
         qf = int(self.qf_set[rng.integers(len(self.qf_set))])
+        if self.flip and rng.random() < 0.5:  # mirrored before compression: a new block grid over the content
+            px = px.flip(-1)
         jpeg, _ = apply(np.ascontiguousarray(px.permute(1, 2, 0).numpy()), Corruption("jpeg", (qf,)))
         return (torch.from_numpy(np.ascontiguousarray(jpeg)).permute(2, 0, 1).float() / 255, px.float() / 255,
                 torch.tensor(label))

@@ -12,8 +12,10 @@ classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -86,17 +88,23 @@ class CorruptedSet(Dataset):
 
 
 class CleanItems(Dataset):
-    """Clean `(uint8 CHW image, target)` items of a real layout (the first `n`); classification images are
-    ImageNet-C's 224 centre crops, detection targets keep boxes and COCO category ids."""
+    """Clean `(uint8 CHW image, target)` items of a real layout (the first `n`); classification images are the
+    classifier's centre crops (`preprocess`; None = ImageNet-C's 224), decoded once per run (`DecodedCrops`: bad
+    files named, skipped and counted); detection targets keep boxes and COCO category ids."""
 
-    def __init__(self, kind: str, root: str, n: int | None = None, wnids: str | None = None):
+    def __init__(self, kind: str, root: str, n: int | None = None, wnids: str | None = None, preprocess=None,
+                 progress: bool = False):
+        self.skipped: list[tuple[str, str]] = []
+        self.converted: list[tuple[str, str]] = []
         if kind in ("imagenet", "imagenet-flat", "cub200", "flowers102"):
             from . import classification as C
 
             layout = {"imagenet": C.imagenet_folders, "imagenet-flat": C.imagenet_flat,
                       "cub200": C.cub200, "flowers102": C.flowers102}[kind]
             labeled = layout(root, wnids) if kind.startswith("imagenet") else layout(root)
-            self.base = C.ClassificationSet(labeled.samples)
+            samples = labeled.samples if n is None else labeled.samples[:n]
+            self.base = C.DecodedCrops(samples, preprocess, progress, labeled.skipped if n is None else ())
+            self.skipped, self.converted = self.base.skipped, self.base.converted
         elif kind == "coco":
             from .detection import CocoDetection
 
@@ -116,9 +124,21 @@ class CleanItems(Dataset):
         item = self.base[i]
         if self.kind == "coco":
             return item[0], {"boxes": item[1]["boxes"], "labels": item[1]["labels"]}
-        if self.kind == "voc":
-            return item[0], item[1]
-        return item[0], torch.tensor(item[1])
+        return item[0], item[1]
+
+
+def dataset_label(spec: str, n_images: int | None = None) -> str:
+    """The name rows carry: `shapes`, or a real layout's folder name without the machine path
+    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`; `coco:/data/coco` ->
+    `coco:coco`); a subset of the first n images gets `[:n]`."""
+    kind, root = parse_dataset(spec)
+    if kind == "shapes":
+        return "shapes"
+    from pathlib import Path
+
+    folder = Path(root).resolve().name.lower().replace("_", "-")
+    name = folder if folder.startswith(kind.split("-")[0]) else f"{kind}:{folder}"
+    return f"{name}[:{n_images}]" if n_images else name
 
 
 def parse_dataset(spec: str) -> tuple[str, str | None]:
@@ -142,14 +162,14 @@ def check_request(tasks: list[str], dataset: str) -> str:
     return kind
 
 
-def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache):
-    kind, root = parse_dataset(req.dataset)
+def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache,
+             items: Dataset | None = None):
+    kind, _ = parse_dataset(req.dataset)
     if kind == "shapes":
         n = req.n_images or SHAPES_N[task]
         sets = [ShapesTaskSet(task, n, "test", req.seed, c, cache) for c in corruptions]
         bs = req.batch_size
     else:
-        items = CleanItems(kind, root, req.n_images, req.wnids)
         sets = [CorruptedSet(items, c, cache, kind) for c in corruptions]
         bs = req.batch_size if task == "classification" else 1  # real detection/segmentation images differ in size
     return [DataLoader(s, batch_size=bs, collate_fn=collate, num_workers=0) for s in sets]
@@ -178,6 +198,17 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             tm = create_task_model(task, model_name, req.task_weights)
             if hasattr(tm.net, "mode"):  # MMSegInference
                 tm.net.mode = req.seg_mode
+            items = None
+            if kind != "shapes":  # decoded once for every job of this task
+                items = CleanItems(kind, parse_dataset(req.dataset)[1], req.n_images, req.wnids, tm.preprocess,
+                                   req.progress)
+                if items.skipped:
+                    print(f"{task}: {len(items.skipped)} file(s) skipped: "
+                          + "; ".join(f"{Path(p).name} ({why})" for p, why in items.skipped[:5]), file=sys.stderr)
+                if items.converted:
+                    print(f"{task}: {len(items.converted)} file(s) converted to RGB: "
+                          + ", ".join(Path(p).name for p, _ in items.converted[:5])
+                          + (" ..." if len(items.converted) > 5 else ""), file=sys.stderr)
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
             failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
             continue
@@ -194,7 +225,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                     if task != "classification":
                         raise ValueError(f"{method} works inside a classifier; it has no {task} form")
                     plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
-                loaders = _loaders(task, req, job, cache)
+                loaders = _loaders(task, req, job, cache, items)
                 ev = TaskEvaluator(task, net, len(job), tm.num_classes, restorer, req.tile)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -224,7 +255,8 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
     else:
         codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
     base = {
-        "task": task, "model": tm.name, "method": method_name, "preset": preset, "dataset": req.dataset,
+        "task": task, "model": tm.name, "method": method_name, "preset": preset,
+        "dataset": dataset_label(req.dataset, req.n_images),
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
         "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
         "codec_lib": codec_lib(codec, versions) if c is not None else "",

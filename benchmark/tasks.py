@@ -133,7 +133,10 @@ class TaskEvaluator(L.LightningModule):
         self.seen[dataloader_idx].update(torch.ones(len(ids), dtype=torch.float64), ids)
         metric = self.scores[dataloader_idx]
         if self.task == "classification":
-            metric.update(self.task_model(x), target, ids=ids)
+            # a cross-fitted classifier (jpeg_finetune.lite0) picks its fold copy by the label's fold, nothing else
+            logits = self.task_model(x, target) if getattr(self.task_model, "routes_by_label", False) \
+                else self.task_model(x)
+            metric.update(logits, target, ids=ids)
         elif self.task == "segmentation":
             metric.update(self.task_model(x).argmax(1), target, ids=ids)
         else:

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from datamodules.corruptions import AFD_QF_SET
 from datamodules.fidelity import TrainDataModule
 from lightning_modules import create
 from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset
+from lightning_modules.task_models import PACKAGED_CLASSIFIERS
 
 from .runner import progress_bar, quiet_lightning
 
@@ -164,12 +166,16 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
     module = create(method, preset_name, weights=init, pretrained=init is not None, **overrides)
     backbone = module.net.backbone
     tm = create_task_model("classification", backbone, task_weights)  # frozen, with its trained weights
-    if module.kind == "classifier" and init is None:
-        module.net.classifier.load_state_dict(tm.net.state_dict())  # transfer learning starts from the classifier
+    if module.kind == "classifier" and init is None:  # transfer learning starts from the classifier
+        if hasattr(module.net, "init_from"):
+            module.net.init_from(tm.net)
+        else:
+            module.net.classifier.load_state_dict(tm.net.state_dict())
     module.lr, module.lr_gamma = cfg["lr"], cfg["lr_gamma"]
     module.lr_milestones = tuple(int(cfg["steps"] * f) for f in cfg["lr_milestones"])
     module.attach(tm.net, tm.name, deploy=False)
-    train_set, val_set, source = _plugin_data(module.kind, backbone, train_dir, cfg, seed)
+    train_set, val_set, source = _plugin_data(module.kind, backbone, train_dir, cfg, seed,
+                                              cross_fitted=hasattr(module.net, "n_folds"), preprocess=tm.preprocess)
     loaders = [DataLoader(train_set, batch_size=cfg["batch_size"], num_workers=num_workers,
                           persistent_workers=num_workers > 0),
                DataLoader(val_set, batch_size=16, num_workers=0)]
@@ -196,7 +202,8 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
     return _save_checkpoint(out_path, module.net, meta, f"validation {metrics}")
 
 
-def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, seed: int):
+def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, seed: int, cross_fitted: bool = False,
+                 preprocess=None):
     """(train set, validation set, description). Items: (JPEG float CHW, clean float CHW, label or QF).
 
     The embedded classifier trains on shapes scenes of the train split (validation: the val split); real
@@ -220,15 +227,44 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
             raise ValueError(f"fine-tuning {backbone} needs labelled images: --train-dir imagenet:DIR (wnid folders) "
                              f"or imagenet-flat:DIR (<wnid>_*.JPEG), not {train_dir!r}")
         samples = (C.imagenet_folders if layout == "imagenet" else C.imagenet_flat)(root).samples
+        if cross_fitted:  # every image trains the fold copies that never score it; validation = held-out folds
+            return (C.JPEGTrainingSet(samples, qf_set, n, seed, preprocess=preprocess, flip=True),
+                    C.JPEGTrainingSet(samples[::16], qf_set, 64, seed + 1, preprocess=preprocess),
+                    f"{train_dir}, JPEG QF {qf_set}, cross-fitted by class parity")
         val, train = samples[-64:], samples[:-64] or samples
         return (C.JPEGTrainingSet(train, qf_set, n, seed), C.JPEGTrainingSet(val, qf_set, 64, seed + 1),
                 f"{train_dir}, JPEG QF {qf_set}")
     records, name = load_train_records(None if train_dir == "shapes" else train_dir)
-    val, train = records[-8:], records[:-8] or records
     crop = cfg["crop"]
+    if train_dir is None and backbone in PACKAGED_CLASSIFIERS:
+        records, name = _photos_at_classifier_scale(records, name, backbone)
+    val, train = records[-8:], records[:-8] or records
     return (RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set),
             RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set),
             f"{name} {crop}px crops, JPEG QF {qf_set}")
+
+
+def _photos_at_classifier_scale(records, name: str, backbone: str):
+    """BSDS500 train plus scikit-image's training photos (never the ImageNet evaluation sample), each resized as the
+    classifier resizes its inputs (shorter side to its `resize`, PIL bicubic), so JPEG blocks cover as much content
+    as on the evaluation crops."""
+    from PIL import Image
+
+    from datamodules.sources import SAMPLE_TRAIN_IMAGES, ImageRecord, load_samples
+    from lightning_modules.task_models import create_task_model
+
+    if name != "skimage-train":
+        records = records + [r for r in load_samples(SAMPLE_TRAIN_IMAGES) if not r.is_gray]
+        name = f"{name} + skimage-train"
+    prep = create_task_model("classification", backbone).preprocess
+    out = []
+    for r in records:
+        h, w = r.pixels.shape[:2]
+        s = prep.resize / min(h, w)
+        size = (max(round(w * s), prep.resize), max(round(h * s), prep.resize))
+        px = np.asarray(Image.fromarray(r.pixels).resize(size, Image.BICUBIC))
+        out.append(ImageRecord(r.name, px, r.source))
+    return out, f"{name}, shorter side {prep.resize} (bicubic)"
 
 
 def _save_checkpoint(out_path: Path, net: torch.nn.Module, meta: dict, summary: str) -> Path:

@@ -78,6 +78,14 @@ TAPS: dict[str, dict[str, Tap]] = {
         "D3": Tap(("stages.0",), 96, True, "stage1"),
         "D4": Tap(("stages.1",), 192, True, "stage2"),
     },
+    # EfficientNet-Lite0/1/2 (timm names; the stem is fixed at 32 channels, block 0 at 16, stage 1 at 24 for all
+    # three): the stem (conv_stem + BN + ReLU6, stride 2) is the D1/D2 analogue, block 0 and stage 1 D3/D4
+    **{f"efficientnet_lite{k}": {
+        "D1": Tap(("bn1",), 32, True, "stem (conv_stem + BN + ReLU6)"),
+        "D2": Tap(("bn1",), 32, True, "stem (conv_stem + BN + ReLU6)"),
+        "D3": Tap(("blocks.0",), 16, False, "block 0 (depthwise-separable, linear output)"),
+        "D4": Tap(("blocks.1",), 24, False, "stage 1 (linear output)"),
+    } for k in range(3)},
     "shapes-cnn": {
         "D1": Tap(("features.0.0",), 16, False, "first conv"),
         "D2": Tap(("features.0",), 16, True, "first conv-BN-ReLU"),
@@ -508,6 +516,120 @@ class FineTuneModule(L.LightningModule):
         return self
 
 
+class FoldTunedLayers(nn.Module):
+    """Table X's transfer learning where labelled images are also the evaluation set: `folds` copies of a packaged
+    classifier's first layers (stem and the first `n_stages` stages), copy k fine-tuned on the JPEG images of the
+    *other* folds. An image's fold is its class index mod `folds` (one photo per class in the ImageNet sample: a
+    split by image), so no image is ever scored by a copy that saw it. Only these layers are stored; the rest is
+    the frozen classifier it is attached to (its 1000-way head included: a head tuned on half the classes would
+    learn that half's prior)."""
+
+    def __init__(self, backbone: str = "efficientnet_lite0", n_stages: int = 3, folds: int = 2):
+        super().__init__()
+        from .efficientnet_lite import EFFICIENTNET_LITE, build_efficientnet_lite
+
+        if backbone not in EFFICIENTNET_LITE:
+            raise ValueError(f"fold-tuned layers are defined for {', '.join(EFFICIENTNET_LITE)}, not {backbone!r}")
+        self.backbone, self.n_stages, self.n_folds = backbone, n_stages, folds
+        self.folds = nn.ModuleList()
+        for _ in range(folds):
+            m = build_efficientnet_lite(backbone, "random")[0].model
+            self.folds.append(nn.ModuleDict(dict(conv_stem=m.conv_stem, bn1=m.bn1,
+                                                 blocks=nn.Sequential(*m.blocks[:n_stages]))))
+
+    def init_from(self, classifier: nn.Module) -> None:
+        """Every copy starts from the classifier's own weights (transfer learning)."""
+        model = _inner(classifier)
+        for fold in self.folds:
+            fold.conv_stem.load_state_dict(model.conv_stem.state_dict())
+            fold.bn1.load_state_dict(model.bn1.state_dict())
+            fold.blocks.load_state_dict(nn.Sequential(*model.blocks[:self.n_stages]).state_dict())
+
+
+class FoldRouted(nn.Module):
+    """A frozen classifier whose first layers are fold k's tuned copy for images of fold k: `forward(x, labels)`
+    (the label only picks the copy; every copy predicts over all classes). `training=True` routes each image to
+    the copy that will *not* score it (the one that may learn from it)."""
+
+    routes_by_label = True
+
+    def __init__(self, classifier: nn.Module, tuned: FoldTunedLayers):
+        super().__init__()
+        self.classifier, self.tuned = classifier.eval(), tuned
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.classifier.eval()
+        for m in self.tuned.modules():  # BN statistics stay the clean pre-training's (as FineTuneModule)
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        wrapper, model = self.classifier, _inner(self.classifier)
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        x = (x - wrapper.mean.to(x.dtype)) / wrapper.std.to(x.dtype)
+        k = self.tuned.n_folds
+        folds = labels.to(x.device).long() % k
+        if self.training:
+            folds = (folds + 1) % k  # learn from an image only in a copy that never scores it
+        out = None
+        for j, layers in enumerate(self.tuned.folds):
+            sel = (folds == j).nonzero().flatten()
+            if sel.numel() == 0:
+                continue
+            f = layers["blocks"](layers["bn1"](layers["conv_stem"](x[sel])))
+            for block in model.blocks[self.tuned.n_stages:]:
+                f = block(f)
+            logits = model.forward_head(model.bn2(model.conv_head(f)))
+            if out is None:
+                out = logits.new_zeros(x.shape[0], logits.shape[1])
+            out = out.index_copy(0, sel, logits)
+        return out
+
+
+class FoldFineTuneModule(L.LightningModule):
+    """Trains `FoldTunedLayers` with cross-entropy on labelled JPEG images (every copy at once, each image feeding
+    only copies that will not score it) and attaches them for evaluation."""
+
+    kind = "classifier"
+
+    def __init__(self, net: FoldTunedLayers, lr: float = 1e-4, lr_milestones: tuple = (), lr_gamma: float = 0.2):
+        super().__init__()
+        self.net = net
+        self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
+        self.method_name, self.preset_name, self.weights_path = "jpeg_finetune", "", ""
+        self.routed: FoldRouted | None = None
+
+    def attach(self, classifier: nn.Module, name: str, deploy: bool = True) -> FoldRouted:
+        check_backbone(self, name)
+        self.routed = FoldRouted(classifier, self.net)
+        return self.routed.eval() if deploy else self.routed
+
+    def training_step(self, batch, batch_idx):
+        loss = F.cross_entropy(self.routed(batch[0], batch[2]), batch[2])
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):  # scored by the copies that did not learn from these images
+        self.routed.eval()
+        self.log("val_acc", (self.routed(batch[0], batch[2]).argmax(1) == batch[2]).float().mean(), prog_bar=True)
+        self.routed.train(self.training)
+
+    configure_optimizers = DeDriftModule.configure_optimizers
+
+
+def _finetune_module(net: nn.Module, **kwargs) -> L.LightningModule:
+    """The LightningModule of a `jpeg_finetune` network: cross-fitted fold copies or a whole fine-tuned classifier."""
+    return (FoldFineTuneModule if isinstance(net, FoldTunedLayers) else FineTuneModule)(net, **kwargs)
+
+
+_finetune_module.kind = "classifier"
+
+
 # ---- registration ---------------------------------------------------------------------------------------------------
 _AFD_RECIPE = "benchmark train --method afd"
 _ABLATIONS = {  # Tables II-III on the embedded classifier, plus the release's pooled guide
@@ -530,6 +652,10 @@ _ABLATIONS = {  # Tables II-III on the embedded classifier, plus the release's p
         "paper": Preset(kwargs=dict(backbone="resnet50", depth="D2"), weights="afd_paper.pt",
                         description="ResNet-50 after the first ReLU (D2); train with "
                                     "`benchmark train --config afd_paper.yaml` (needs the ResNet-50 ImageNet weights)"),
+        "lite0": Preset(kwargs=dict(backbone="efficientnet_lite0", depth="D2"), weights="afd_lite0.pt",
+                        description="the paper-size AFD (0.11 M at 64 ch) after EfficientNet-Lite0's stem, trained "
+                                    "label-free on BSDS500 train + scikit-image photos; shipped; retrain with "
+                                    "`benchmark train --method afd --preset lite0`"),
         "paper_repvgg": Preset(kwargs=dict(backbone="repvgg_a2", depth="D1"), weights="afd_paper_repvgg.pt",
                                description="RepVGG-A2 after stage0 (D1); train with "
                                            "`benchmark train --config afd_paper.yaml --preset paper_repvgg`"),
@@ -547,6 +673,10 @@ def build_afd(**kwargs) -> AFDNet:
         "compact": Preset(kwargs=dict(backbone="shapes-cnn", depth="D2"), weights="degradation_prior_compact.pt",
                           description="shapes-cnn after its first ReLU; shipped; "
                                       "retrain with `benchmark train --method degradation_prior`"),
+        "lite0": Preset(kwargs=dict(backbone="efficientnet_lite0", depth="D2"), weights="degradation_prior_lite0.pt",
+                        description="after EfficientNet-Lite0's stem, trained label-free on BSDS500 train + "
+                                    "scikit-image photos; shipped; `benchmark train --method degradation_prior "
+                                    "--preset lite0`"),
         "paper": Preset(kwargs=dict(backbone="resnet50", depth="D2"), weights="degradation_prior_paper.pt",
                         description="ResNet-50 after the first ReLU; train with "
                                     "`benchmark train --config afd_paper.yaml --method degradation_prior`"),
@@ -564,12 +694,20 @@ def build_degradation_prior(**kwargs) -> DegradationPrior:
         "compact": Preset(kwargs=dict(backbone="shapes-cnn"), weights="jpeg_finetune_compact.pt",
                           description="shapes-cnn fine-tuned on JPEG scenes; shipped; "
                                       "retrain with `benchmark train --method jpeg_finetune`"),
+        "lite0": Preset(kwargs=dict(backbone="efficientnet_lite0", n_stages=3, folds=2),
+                        weights="jpeg_finetune_lite0.pt",
+                        description="EfficientNet-Lite0's stem and first 3 stages fine-tuned on JPEG images of the "
+                                    "ImageNet sample, 2-fold by class parity (no image scored by a copy that saw "
+                                    "it); `benchmark train --method jpeg_finetune --preset lite0 --train-dir "
+                                    "imagenet-flat:DIR`"),
         "paper": Preset(kwargs=dict(backbone="resnet50"), weights="jpeg_finetune_paper.pt",
                         description="ResNet-50 fine-tuned on JPEG ImageNet images (Table X); "
                                     "`benchmark train --method jpeg_finetune --preset paper --train-dir IMAGENET`"),
     },
     description="transfer-learning baseline: the classifier fine-tuned on JPEG images (AFD paper Table X)",
-    module_cls=FineTuneModule,
+    module_cls=_finetune_module,
 )
-def build_jpeg_finetune(backbone: str = "shapes-cnn") -> FineTunedClassifier:
-    return FineTunedClassifier(backbone)
+def build_jpeg_finetune(backbone: str = "shapes-cnn", folds: int | None = None,
+                        n_stages: int = 3) -> FineTunedClassifier | FoldTunedLayers:
+    return FineTunedClassifier(backbone) if folds is None else FoldTunedLayers(backbone, n_stages, folds)
+

@@ -134,7 +134,9 @@ REAL_TASK_MODELS = {
     "detection": ("fasterrcnn_resnet50_fpn",),
     "segmentation": ("pspnet_r50-d8",),
 }
-DEFAULT_REAL_MODEL = {"classification": "resnet50", "detection": "fasterrcnn_resnet50_fpn",
+# ImageNet classifiers whose weights install from the package registry (no --task-weights needed)
+PACKAGED_CLASSIFIERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "fasterrcnn_resnet50_fpn",
                       "segmentation": "pspnet_r50-d8"}
 
 
@@ -148,6 +150,7 @@ class TaskModel:
     name: str
     num_classes: int
     weights: str
+    preprocess: object = None  # classifiers: efficientnet_lite.Preprocess (None: the ImageNet-C 256/224 bilinear)
 
 
 class MMSegInference(nn.Module):
@@ -196,6 +199,14 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             raise TaskModelError(f"{name}: weights {path} do not fit: " + "; ".join(problems))
         target.load_state_dict(state)
         return TaskModel(net.eval(), name, spec.num_classes, str(path))
+    if task == "classification" and name in PACKAGED_CLASSIFIERS:
+        from .efficientnet_lite import build_efficientnet_lite
+
+        try:
+            net, prep, label = build_efficientnet_lite(name, weights)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise TaskModelError(f"classifier {name!r}: {e}") from e
+        return TaskModel(net, name, 1000, f"{label} ({prep.describe()})", prep)
     if task == "classification":
         from .classifier import build_classifier
 

@@ -47,9 +47,8 @@ def test_imagenet_wnid_folders(tmp_path, rng):
     for wnid in (W2, W1):
         for k in range(2):
             write_jpeg(tmp_path / wnid / f"ILSVRC2012_val_{wnid}_{k}.JPEG", rng)
-    with pytest.warns(UserWarning, match="2 wnids found"):
-        samples, classes = imagenet_folders(tmp_path)
-    assert classes == [W1, W2]
+    samples, classes = imagenet_folders(tmp_path)  # ImageNet wnids: ImageNet-1k's class order, 1000 classes
+    assert classes[:2] == [W1, W2] and len(classes) == 1000
     assert [(p.parent.name, y) for p, y in samples] == [(W1, 0), (W1, 0), (W2, 1), (W2, 1)]
     samples, classes = imagenet_folders(tmp_path, wnids=[W2, W1])  # a given list fixes the indices
     assert {p.parent.name: y for p, y in samples} == {W2: 0, W1: 1}
@@ -63,9 +62,8 @@ def test_imagenet_flat_wnid_prefixed(tmp_path, rng):
     write_jpeg(tmp_path / f"{W2}_goldfish.JPEG", rng)
     write_jpeg(tmp_path / f"{W1}_tench.JPEG", rng)
     gray = write_jpeg(tmp_path / "n01484850_great_white_shark.JPEG", rng, c=1)
-    with pytest.warns(UserWarning):
-        samples, classes = imagenet_flat(tmp_path)
-    assert classes == [W1, W2, "n01484850"]
+    samples, classes = imagenet_flat(tmp_path)
+    assert classes[:3] == [W1, W2, "n01484850"] and len(classes) == 1000
     assert [(p.name, y) for p, y in samples] == [(f"{W1}_tench.JPEG", 0), (f"{W2}_goldfish.JPEG", 1),
                                                  ("n01484850_great_white_shark.JPEG", 2)]
     with Image.open(gray) as img:
@@ -73,9 +71,15 @@ def test_imagenet_flat_wnid_prefixed(tmp_path, rng):
         ref = np.asarray(img.convert("RGB"))
     px = load_rgb(gray)
     assert px.shape == (20, 24, 3) and np.array_equal(px, ref)
-    write_jpeg(tmp_path / "tench.JPEG", rng)
-    with pytest.raises(DatasetError, match="tench.JPEG"):
-        imagenet_flat(tmp_path, wnids=[W1, W2, "n01484850"])
+    write_jpeg(tmp_path / "tench.JPEG", rng)  # no wnid prefix: named, skipped, counted
+    with pytest.warns(UserWarning, match="tench.JPEG"):
+        labeled = imagenet_flat(tmp_path, wnids=[W1, W2, "n01484850"])
+    assert len(labeled.samples) == 3 and [os.path.basename(p) for p, _ in labeled.skipped] == ["tench.JPEG"]
+    sorted_found = [f"n{k:08d}" for k in (7, 3)]  # not ImageNet wnids: positions among those found, with a warning
+    for k, w in enumerate(sorted_found):
+        write_jpeg(tmp_path / "other" / f"{w}_x.JPEG", rng)
+    with pytest.warns(UserWarning, match="2 wnids found"):
+        assert imagenet_flat(tmp_path / "other").classes == sorted(sorted_found)
 
 
 def write_cub(root, rng):
