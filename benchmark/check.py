@@ -20,6 +20,10 @@ SUITE = {
     "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet,jarcal,dualpriors,arcnn,fbcnn", "--qf", "10,20"],
     "tasks": ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
 }
+# the real classifier on the first 200 photos of the ImageNet sample, where ../shared (or $CARBENCH_IMAGENET) has it
+IMAGENET_SUITE = ["run", "--task", "classification", "--task-model", "efficientnet_lite0", "--method",
+                  "jpeg,afd,jarcal", "--qf", "10", "--n-images", "200"]
+SUITE["imagenet"] = IMAGENET_SUITE
 TASK_BOARDS = ("classification", "detection", "segmentation")
 # identity of a row beyond its key: a changed count is a regression whatever the tolerance
 EXACT = ("n_images",)
@@ -116,6 +120,14 @@ def run_check(suites: list[str] | None = None, committed_dir: str | Path | None 
     with tempfile.TemporaryDirectory(prefix="carbench-check-") as scratch:
         for suite in suites:
             argv = list(SUITE[suite])
+            if suite == "imagenet":
+                from .classification import default_imagenet_folder
+
+                folder = default_imagenet_folder()
+                if folder is None:
+                    print("check: imagenet suite skipped (no ImageNet sample: set $CARBENCH_IMAGENET)", flush=True)
+                    continue
+                argv += ["--dataset", f"imagenet-flat:{folder}"]
             if suite == "fidelity" and methods:
                 argv[argv.index("--method") + 1] = methods
             print(f"check: benchmark {' '.join(argv)}", flush=True)

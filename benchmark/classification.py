@@ -245,6 +245,15 @@ def flowers102(root: str | os.PathLike, split: str = "test") -> Labeled:
     return Labeled(samples, [f"{k:03d}" for k in range(1, 103)])
 
 
+def default_imagenet_folder() -> Path | None:
+    """$CARBENCH_IMAGENET, else the shared ImageNet sample beside the checkout (../shared/data/train/
+    ImageNet_sample1000), else None."""
+    if os.environ.get("CARBENCH_IMAGENET"):
+        return Path(os.environ["CARBENCH_IMAGENET"])
+    guess = Path(__file__).resolve().parents[2] / "shared" / "data" / "train" / "ImageNet_sample1000"
+    return guess if guess.is_dir() else None
+
+
 # ---- ImageNet-C JPEG protocol --------------------------------------------------------------------------------------
 def load_rgb_noted(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
     """(uint8 HxWx3, note): gray is replicated to RGB (as PIL `convert('RGB')`); modes `read_image` refuses (CMYK,

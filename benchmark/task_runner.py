@@ -63,6 +63,7 @@ class TaskRequest:
     imagenet_c_resave: bool = False
     wnids: str | None = None
     seg_mode: str = "whole"  # real PSPNet: mmseg's 'whole' or 'slide' inference
+    add_reference: bool = True  # the `clean`/`direct` rows (False: only the methods, e.g. adding one to a board)
 
 
 SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
@@ -212,14 +213,18 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
             failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
             continue
-        for method in [DIRECT] + restorers:
+        for method in ([DIRECT] if req.add_reference or not restorers else []) + restorers:
             t0 = time.time()
             scored, plugged = None, None
             try:
-                scored = None if method == DIRECT else create(method, req.preset, req.weights)
+                scored = None if method == DIRECT else create(method, _preset_for(method, req.preset, tm.name),
+                                                              req.weights)
                 method_kind = getattr(scored, "kind", "restorer")
-                # every classification method is also scored on the clean images: what it costs there (Table X)
-                job = [None] + corruptions if method == DIRECT or task == "classification" else list(corruptions)
+                # classification methods are also scored on the clean images: what they cost there (Table X); on
+                # real photos only the methods that change the classifier (de-drifters, fine-tuning)
+                on_clean = method == DIRECT or (task == "classification"
+                                                and (kind == "shapes" or method_kind != "restorer"))
+                job = [None] + corruptions if on_clean else list(corruptions)
                 net, restorer = tm.net, None if method_kind != "restorer" else scored
                 if method_kind != "restorer":
                     if task != "classification":
@@ -244,6 +249,21 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             for c, res in zip(job, ev.results):
                 rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds)
     return rows, failures
+
+
+def _preset_for(method: str, preset: str | None, task_model: str) -> str | None:
+    """A plug-in method named without a preset takes the preset trained for this classifier where there is one
+    (`afd` on efficientnet_lite0 -> `afd.lite0`)."""
+    from lightning_modules.registry import get_entry, split_name
+
+    name, named = split_name(method, preset)
+    if named:
+        return named
+    short = task_model.replace("efficientnet_", "")
+    try:
+        return short if short in get_entry(name).presets else None
+    except ValueError:
+        return None
 
 
 def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):

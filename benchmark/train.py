@@ -191,6 +191,8 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     net_kwargs = {"backbone": backbone} if module.kind == "classifier" else \
         {"backbone": backbone, "depth": module.net.depth}
+    if hasattr(module.net, "n_folds"):  # cross-fitted copies: rebuilt from the record with --weights
+        net_kwargs.update(folds=module.net.n_folds, n_stages=module.net.n_stages)
     metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
     meta = {"method": method, "preset": preset_name, "seed": seed, "train_data": source, "net_kwargs": net_kwargs,
             "task_model": tm.name, "task_weights": Path(tm.weights).name if tm.weights else "",

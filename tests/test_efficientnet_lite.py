@@ -215,3 +215,24 @@ def test_fold_routing_scores_each_image_with_the_copy_that_never_saw_it():
     assert not clf.model.conv_stem.weight.requires_grad  # the classifier itself stays frozen
     n_tuned = sum(p.numel() for p in tuned.parameters())
     assert n_tuned < 0.1 * sum(p.numel() for p in clf.parameters()) * 2  # only the first layers are stored
+
+
+def test_plugin_methods_take_the_preset_trained_for_the_classifier():
+    from benchmark.task_runner import _preset_for
+
+    assert _preset_for("afd", None, "efficientnet_lite0") == "lite0"
+    assert _preset_for("degradation_prior", None, "efficientnet_lite0") == "lite0"
+    assert _preset_for("jpeg_finetune", None, "efficientnet_lite0") == "lite0"
+    assert _preset_for("afd", None, "shapes-cnn") is None  # the method's default preset
+    assert _preset_for("afd.compact_fenet", None, "efficientnet_lite0") == "compact_fenet"
+    assert _preset_for("afd", "paper", "efficientnet_lite0") == "paper"
+    assert _preset_for("dncnn", None, "efficientnet_lite0") is None
+
+
+def test_imagenet_dataset_spec_from_a_folder(tmp_path):
+    from benchmark.cli import imagenet_dataset
+
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "val" / "n01440764").mkdir(parents=True)
+    assert imagenet_dataset(str(tmp_path / "flat")) == f"imagenet-flat:{tmp_path / 'flat'}"
+    assert imagenet_dataset(str(tmp_path / "val")) == f"imagenet:{tmp_path / 'val'}"
