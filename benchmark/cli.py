@@ -16,25 +16,37 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
+def _items(text: str, flag: str) -> list[str]:
+    """A comma list where every item counts: `10,,20` is a typo, not `10,20` (an empty item is an error)."""
+    items = [x.strip() for x in text.split(",")]
+    for i, x in enumerate(items):
+        if not x or any(not q.strip() for q in x.split(">")):
+            what = "is empty" if not x else f"{x!r} has an empty QF in its chain"
+            raise CorruptionError(f"{flag} {text!r}: item {i + 1} {what}")
+    return items
+
+
 # named QF lists for `--qf`: the field's usual table columns and JARCAL Table 4's QFs unseen in training (10..90)
 QF_PRESETS = {"seen": "10,20,30,40", "unseen": "15,25,35,45"}
 
 
 def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int, subsampling: str) -> list[Corruption]:
-    """`--qf 10,20,30>10` -> single passes and Q1>Q2 chains (`--qf unseen`: a QF_PRESETS name); `--passes 1,3
+    """`--qf '10,20,30>10'` -> single passes and Q1>Q2 chains (`--qf unseen`: a QF_PRESETS name); `--passes 1,3
     [--qf set]` -> passes drawn from the set (default the AFD set 25/18/15/10/7), seeded."""
     qf = QF_PRESETS.get(qf.strip(), qf) if qf else qf
     if passes:
         try:  # `1,3,5` or a range `1..5`
-            counts = [n for p in _csv(passes) for n in (range(int(p.split("..")[0]), int(p.split("..")[1]) + 1)
-                                                          if ".." in p else [int(p)])]
+            counts = [n for p in _items(passes, "--passes")
+                      for n in (range(int(p.split("..")[0]), int(p.split("..")[1]) + 1) if ".." in p else [int(p)])]
+        except CorruptionError:
+            raise
         except ValueError:
             raise CorruptionError(f"--passes {passes!r}: expected integers 1..5 (a list 1,3 or a range 1..5)") from None
         if not counts:
             raise CorruptionError(f"--passes {passes!r}: no pass count")
-        qset = tuple(parse_qf(q) for q in _csv(qf)) if qf else AFD_QF_SET
+        qset = tuple(parse_qf(q) for q in _items(qf, "--qf")) if qf else AFD_QF_SET
         return [Corruption(codec, qset, passes=n, draw=True, seed=seed, subsampling=subsampling) for n in counts]
-    items = _csv(qf or "10,20,30,40")
+    items = _items(qf or "10,20,30,40", "--qf")
     return [Corruption(codec, tuple(parse_qf(q) for q in item.split(">")), subsampling=subsampling, seed=seed)
             for item in items]
 
@@ -60,7 +72,14 @@ def cmd_run(args) -> int:
     if args.task:
         return _run_tasks(args, methods, corruptions)
     from . import leaderboard
-    from .runner import FidelityRequest, format_table, run_fidelity
+    from .runner import REFERENCE_METHOD, FidelityRequest, format_table, run_fidelity
+
+    if args.dry_run:
+        ref = [] if args.no_reference else [REFERENCE_METHOD]
+        labels = [_method_label(m, None if m == REFERENCE_METHOD else args.preset)
+                  for m in dict.fromkeys(ref + methods)]
+        jobs = [(m, d, c.key) for m in labels for d in _csv(args.dataset) for c in corruptions]
+        return _print_dry_run(["method", "dataset", "corruption"], jobs, "rows")
 
     req = FidelityRequest(methods=methods, corruptions=corruptions, datasets=_csv(args.dataset),
                           channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
@@ -69,8 +88,9 @@ def cmd_run(args) -> int:
                           qf_override=args.qf_override)
     t0 = time.time()
     rows, failures = run_fidelity(req)
+    rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
     path = None
-    if rows and not args.dry_run:  # written before anything else can go wrong: measured rows are never lost
+    if rows:  # written before anything else can go wrong: measured rows are never lost
         path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
     print(format_table(rows))
     if path is not None:
@@ -78,11 +98,30 @@ def cmd_run(args) -> int:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         n = max(r["n_skipped"] for r in rows if r["dataset"] == dataset)
         if n:
-            print(f"note: {n} unreadable image(s) skipped in {dataset} (see the warnings above)")
+            print(f"note: {n} unusable image(s) skipped in {dataset} (see the warnings above)")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
+    for msg in bad_rows:
+        print(f"FAILED, not written: {msg}", file=sys.stderr)
     print(f"done in {time.time() - t0:.1f} s")
-    return EXIT_FAILED if failures else 0
+    return EXIT_FAILED if failures or bad_rows else 0
+
+
+def _method_label(name: str, preset: str | None) -> str:
+    """`method.preset` as the rows will name it (names were validated before)."""
+    from lightning_modules.registry import resolve_preset
+
+    entry, preset_name, _ = resolve_preset(name, None if "." in name else preset)
+    return f"{entry.name}.{preset_name}"
+
+
+def _print_dry_run(header: list[str], jobs: list[tuple], what: str) -> int:
+    """`--dry-run`: the jobs a run would do, one a line; nothing is evaluated or written."""
+    widths = [max(len(h), *(len(str(j[i])) for j in jobs)) for i, h in enumerate(header)]
+    for cells in [header, *jobs]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
+    print(f"dry run: {len(jobs)} {what}; nothing evaluated or written")
+    return 0
 
 
 def imagenet_dataset(folder: str) -> str:
@@ -107,11 +146,19 @@ def _run_tasks(args, methods, corruptions) -> int:
     if args.qf_override is not None:
         print("error: --qf-override applies to fidelity runs, not --task runs", file=sys.stderr)
         return EXIT_USAGE
+    if args.leaderboard and args.leaderboard.lower().endswith(".csv"):  # it would become a folder named x.csv
+        print(f"error: with --task, --leaderboard is a folder (one <task>.csv per task is written in it), not a "
+              f"CSV file: got {args.leaderboard!r}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         check_request(tasks, dataset)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if args.dry_run:
+        ref = [] if args.no_reference else ["clean+direct (reference)"]
+        jobs = [(t, m, dataset, c.key) for t in tasks for m in dict.fromkeys(ref + methods) for c in corruptions]
+        return _print_dry_run(["task", "method", "dataset", "corruption"], jobs, "jobs")
     req = TaskRequest(tasks=tasks, methods=methods, corruptions=corruptions, dataset=dataset, n_images=args.n_images,
                       seed=args.seed, task_model=args.task_model, task_weights=args.task_weights, preset=args.preset,
                       weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
@@ -122,9 +169,12 @@ def _run_tasks(args, methods, corruptions) -> int:
     rows, failures = run_tasks(req)
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 reports and writes
         return EXIT_FAILED if failures else 0
+    bad_rows = []
     for task, task_rows in rows.items():
+        task_rows, bad = leaderboard.split_valid(task_rows, leaderboard.TASK_COLUMNS)  # one bad row costs only itself
+        bad_rows += bad
         path = None
-        if task_rows and not args.dry_run:  # written first: measured rows are never lost
+        if task_rows:  # written first: measured rows are never lost
             folder = args.leaderboard or str(leaderboard.LEADERBOARD_DIR)
             path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
         print(format_task_table(task, task_rows))
@@ -136,8 +186,64 @@ def _run_tasks(args, methods, corruptions) -> int:
             print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") + "\n")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
+    for msg in bad_rows:
+        print(f"FAILED, not written: {msg}", file=sys.stderr)
     print(f"done in {time.time() - t0:.1f} s")
-    return EXIT_FAILED if failures else 0
+    return EXIT_FAILED if failures or bad_rows else 0
+
+
+def _method_card(pattern: str) -> int:
+    """`benchmark list --details METHOD`: the method's card -- description, presets (kwargs, weights file, description),
+    the first paragraph of its family module's docstring and the retrain command(s) its presets name."""
+    import re
+
+    from lightning_modules import available
+    from lightning_modules.registry import MethodError, find_weights, get_entry, split_name
+
+    try:
+        base, only = split_name(pattern)
+        names = sorted({n.split(".")[0] for n in available(base)}) if any(c in base for c in "*?[") else [base]
+        entries = [get_entry(n) for n in names]
+        if not entries:
+            raise MethodError(f"no method matches {pattern!r}; see `benchmark list`")
+        if only and only not in entries[0].presets:
+            raise MethodError(f"method {base!r} has no preset {only!r}; presets: {', '.join(entries[0].presets)}")
+    except MethodError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for k, entry in enumerate(entries):
+        if k:
+            print()
+        print(f"{entry.name}: {entry.description}")
+        module = sys.modules.get(entry.build.__module__)
+        doc = ((module.__doc__ if module else None) or "").strip()
+        if doc:
+            print(f"  module {entry.build.__module__}:")
+            for line in doc.split("\n\n")[0].splitlines():
+                print(f"    {line}")
+        print("  presets:")
+        retrain: list[str] = []
+        for name, preset in entry.presets.items():
+            if only and name != only:
+                continue
+            default = " (default)" if name == entry.default_preset else ""
+            print(f"    {entry.name}.{name}{default}")
+            kwargs = ", ".join(f"{a}={v!r}" for a, v in preset.kwargs.items()) or "-"
+            print(f"      kwargs:  {kwargs}")
+            if preset.weights:
+                where = find_weights(preset.weights) if not Path(preset.weights).is_absolute() else Path(preset.weights)
+                found = f"found: {where}" if where and where.is_file() else "not found here"
+                print(f"      weights: {preset.weights} ({found})")
+            else:
+                print("      weights: - (none, or built by the method itself)")
+            if preset.description:
+                print(f"      about:   {preset.description}")
+            retrain += [c for c in re.findall(r"`(benchmark train[^`]*)`", preset.description) if c not in retrain]
+        if retrain:
+            print("  retrain:")
+            for c in retrain:
+                print(f"    {c}")
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -145,6 +251,8 @@ def cmd_list(args) -> int:
     from lightning_modules import available
     from lightning_modules.registry import get_entry
 
+    if args.details:
+        return _method_card(args.pattern)
     print("methods (method.preset):")
     for name in available(args.pattern):
         entry = get_entry(name.split(".")[0])
@@ -172,9 +280,12 @@ def cmd_list(args) -> int:
 
 
 def _qf_range(text: str) -> tuple[int, int]:
-    parts = _csv(text)
-    if not parts:
+    if not text.strip():
         raise argparse.ArgumentTypeError(f"bad QF range {text!r}: expected LO,HI such as 10,40")
+    try:
+        parts = _items(text, "bad QF range")
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     try:
         lo, hi = parse_qf(parts[0]), parse_qf(parts[-1])
     except CorruptionError as e:
@@ -192,27 +303,41 @@ def _qf_override(text: str) -> int:
 
 
 def _qf_set(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: give at least one QF")
     try:
-        qfs = tuple(parse_qf(q) for q in text.split(",") if q.strip())
+        items = _items(text, "bad QF set")
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    try:
+        qfs = tuple(parse_qf(q) for q in items)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"bad QF set {text!r}: {e}") from None
-    if not qfs:
-        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: give at least one QF")
     return qfs
 
 
 def cmd_train(args) -> int:
-    from .train import train, train_task
+    from .train import ConfigError, load_config, train, train_task
 
+    if args.config:  # a missing or broken recipe is a usage error, before anything is built
+        try:
+            load_config(args.config)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
     if args.task:
         train_task(args.task, args.model, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                    seed=args.seed if args.seed is not None else 0, out=args.out, accelerator=args.accelerator)
         return 0
-    train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-          seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator, devices=args.devices,
-          noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init, resume=args.resume,
-          ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config, task_model=args.task_model,
-          task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set)
+    try:
+        train(args.method, args.preset, steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+              seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator,
+              devices=args.devices, noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init,
+              resume=args.resume, ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config,
+              task_model=args.task_model, task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set)
+    except ConfigError as e:  # e.g. unknown keys in the recipe
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return 0
 
 
@@ -353,7 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="evaluate methods and upsert leaderboard rows")
     r.add_argument("--method", default="dncnn", help="comma list of method or method.preset names")
-    r.add_argument("--qf", default=None, help="quality factors: 10,20 or chains 30>10 (double compression), or a name: seen (10,20,30,40), "
+    r.add_argument("--qf", default=None, help="quality factors: 10,20 or chains '30>10' (double compression; quote "
+                   "them, > is a shell redirect), or a name: seen (10,20,30,40), "
                    "unseen (15,25,35,45: JARCAL Table 4, QFs a model trained on 10..90 step 10 never saw); with "
                                              "--passes, the set each pass draws from")
     r.add_argument("--dataset", default="samples", help="comma list: samples, live1, live1-gray, classic5, bsds500, "
@@ -377,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--task: the clean/direct rows)")
     r.add_argument("--accelerator", default="auto")
     r.add_argument("--devices", default=1, type=lambda s: int(s) if s.isdigit() else s)
-    r.add_argument("--dry-run", action="store_true", help="print, write nothing")
+    r.add_argument("--dry-run", action="store_true", help="print the jobs the run would do (methods x datasets x "
+                   "corruptions; --task: tasks x methods x corruptions) and exit: nothing is evaluated or written")
     g = r.add_argument_group("downstream tasks (--task)")
     g.add_argument("--task", default=None, help="comma list: classification, detection, segmentation; scores the "
                                                "task model on clean, corrupted (direct) and restored images; the "
@@ -398,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list methods and datasets")
     ls.add_argument("pattern", nargs="?", default="*")
+    ls.add_argument("--details", action="store_true", help="print the method's card (`list --details afd`): "
+                    "presets with kwargs and weights file, its module's summary, the retrain command")
     ls.set_defaults(func=cmd_list)
 
     t = sub.add_parser("train", help="train a method preset and save its checkpoint")

@@ -34,7 +34,10 @@ class FidelityEvaluator(L.LightningModule):
         if not torch.isfinite(restored).all():
             raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf on image "
                                   f"{name!r} ({meta['key'][0]})")
-        self.scores[dataloader_idx].update(to_uint8(restored), clean, ids=meta["index"])
+        try:
+            self.scores[dataloader_idx].update(to_uint8(restored), clean, ids=meta["index"])
+        except ValueError as e:  # e.g. an image the metrics cannot score: name it
+            raise ValueError(f"image {name!r} ({meta['key'][0]}): {e}") from e
         self.bpp[dataloader_idx].update(meta["bpp"].double(), ids=meta["index"])
 
     def on_test_epoch_end(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import glob
 import math
 import os
 import subprocess
@@ -78,6 +79,24 @@ def validate(df: pd.DataFrame, schema: Schema, where: str) -> None:
             if v in ("", None) or not math.isfinite(float(v)):
                 raise LeaderboardError(f"{where}: row {i + 1} ({_row_label(r, schema)}): a measured row needs a "
                                        f"finite {schema.headline}, got {v!r}")
+
+
+def split_valid(rows: list[dict], columns: list[str] = FIDELITY_COLUMNS) -> tuple[list[dict], list[str]]:
+    """(rows that fit the board's schema, one error per row that does not, naming it): a caller writes the valid
+    rows, so one bad row never costs the others."""
+    schema = schema_for(columns)
+    if schema is None:
+        return list(rows), []
+    good, errors = [], []
+    for r in rows:
+        try:
+            validate(pd.DataFrame([{c: _fmt(r.get(c, "")) for c in columns}], columns=columns, dtype=str), schema,
+                     "row")
+        except LeaderboardError as e:
+            errors.append(str(e).replace("row: row 1 ", "row ", 1))
+        else:
+            good.append(r)
+    return good, errors
 
 
 def _row_label(r: dict, schema: Schema) -> str:
@@ -157,10 +176,38 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
         else:
             merged = new
         merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
+        remove_stale_tmp(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         merged.to_csv(tmp, index=False, lineterminator="\n")
         os.replace(tmp, path)
     return path
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Delete `.NAME.<pid>.tmp` files of this board left by a writer that was killed mid-write (its pid is gone).
+    Call with the board's lock held: a live writer's file is never touched."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:  # another writer got there first
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # signal 0 is a probe on POSIX only (on Windows os.kill terminates): keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # PermissionError: alive under another user; anything else: cannot tell, keep its file
+        return True
+    return True
 
 
 def _fmt(v) -> str:

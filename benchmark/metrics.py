@@ -5,9 +5,12 @@ Conventions (those of the tables carbench reproduces; see README "Metric convent
   and are rounded to uint8 first, as the field saves its results as 8-bit images before scoring.
 - `channels="rgb"`: the image's own channels (gray: 1, colour: RGB). `channels="y"`: colour images are scored on
   MATLAB `rgb2ycbcr` luma (16..235), rounded to uint8 as MATLAB does for uint8 input; gray images are unchanged.
-- PSNR = 10 log10(255^2 / MSE) per image; identical images give +inf.
+- PSNR = 10 log10(255^2 / MSE) per image, capped at PSNR_MAX = 100 dB: identical images (a flat
+  image that JPEG reproduces exactly has MSE 0) score 100 dB instead of +inf, which would make the whole set's mean
+  +inf. PSNR-B is capped the same way.
 - SSIM: Wang et al. 2004 / MATLAB `ssim_index`: 11x11 Gaussian window (sigma 1.5), K = (0.01, 0.03), L = 255,
-  *valid* filtering (no border padding), mean over the map, then over channels.
+  *valid* filtering (no border padding), mean over the map, then over channels. Images under 11 px on a side
+  cannot be scored: evaluation datasets skip them (MIN_SIDE).
 - PSNR-B (Yim & Bovik 2011) as FBCNN's evaluation computes the published tables: 10 log10(255^2 / (MSE + BEF)),
   MSE over all channels, BEF on the image being scored -- for colour images on the Y channel of the restored image.
   Block boundaries at columns/rows 7, 15, ... (< size-1); N_HB = H (W/8 - 1) with true division;
@@ -29,6 +32,8 @@ from torchmetrics import Metric
 
 CHANNELS = ("rgb", "y")
 _SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_WIN = 0.01, 0.03, 1.5, 11
+MIN_SIDE = _SSIM_WIN  # the smallest image every metric can score (SSIM's valid window); sources skip smaller ones
+PSNR_MAX = 100.0  # dB; identical images (MSE 0) score this instead of +inf, so per-image means stay finite
 
 
 def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
@@ -80,9 +85,10 @@ def _image_by_image(fn):
 
 @_image_by_image
 def psnr(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
-    """Per-image PSNR in dB, shape (N,)."""
+    """Per-image PSNR in dB, shape (N,), capped at PSNR_MAX (100 dB): identical images give 100, not +inf."""
     p, t = _prepare(preds, target, channels)
-    return 10.0 * torch.log10(255.0**2 / _mse(p, t))
+    # capped: an exactly reproduced (e.g. flat) image must not turn the set's mean into +inf
+    return (10.0 * torch.log10(255.0**2 / _mse(p, t))).clamp(max=PSNR_MAX)
 
 
 @lru_cache(maxsize=8)
@@ -145,10 +151,11 @@ def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
 
 @_image_by_image
 def psnrb(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
-    """Per-image PSNR-B in dB, shape (N,). Colour: MSE over RGB, BEF on the Y channel of `preds`."""
+    """Per-image PSNR-B in dB, shape (N,), capped at PSNR_MAX like PSNR. Colour: MSE over RGB, BEF on the Y channel
+    of `preds`."""
     p, t = _prepare(preds, target, channels)
     bef_input = rgb_to_y(p).round() if p.shape[1] == 3 else p
-    return 10.0 * torch.log10(255.0**2 / (_mse(p, t) + blocking_effect_factor(bef_input)))
+    return (10.0 * torch.log10(255.0**2 / (_mse(p, t) + blocking_effect_factor(bef_input)))).clamp(max=PSNR_MAX)
 
 
 FUNCTIONAL = {"psnr": psnr, "ssim": ssim, "psnrb": psnrb}

@@ -24,8 +24,9 @@ TRAIN_DEFAULTS = {
     "dncnn": dict(steps=2500, batch_size=16, crop=48, lr=1e-3, qf_range=(5, 50), loss="l1"),
     # AR-CNN compact: 32x32 crops as the paper (its SGD 5e-4 needs far more steps than a CPU budget: Adam)
     "arcnn": dict(steps=3000, batch_size=16, crop=32, lr=1e-3, qf_range=(5, 50), loss="l1"),
-    # FBCNN compact: the official recipe (benchmark/configs/fbcnn_paper.yaml) weighs the QF term 0.001; at 2500
-    # steps that leaves the QF predictor untrained, so the compact recipe weighs it 0.1
+    # FBCNN compact: the official recipe (the release's options/train_fbcnn_color.json, QF_LOSS_WEIGHT in
+    # lightning_modules/fbcnn.py) weighs the QF term 0.001; at 2500 steps that leaves the QF predictor untrained,
+    # so the compact recipe weighs it 0.1
     "fbcnn": dict(steps=2500, batch_size=16, crop=64, lr=1e-3, qf_range=(5, 50), loss="l1", qf_loss_weight=0.1),
     # JARCAL compact: stage 1 (`encoder`, MoCo) sees QFs 10..90 step 10 as the paper; the restorer is trained
     # blind on 5..50 like the other compact models (the paper's recipe: benchmark/configs/jarcal_paper.yaml)
@@ -51,6 +52,10 @@ TRAIN_DEFAULTS.update({
     "jpeg_finetune": dict(_PLUGIN, steps=400, batch_size=32, crop=224, lr=5e-4, loss="ce"),
 })
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A training recipe (--config) that cannot be used; the message names the file."""
 _RUN_KEYS = ("method", "preset", "seed", "train_dir", "noise2noise", "stages", "task_model", "depth")
 
 
@@ -61,12 +66,15 @@ def load_config(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file() and (CONFIG_DIR / path).is_file():
         path = CONFIG_DIR / path
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"training config {path} does not exist (nor in {CONFIG_DIR}: {shipped})")
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"training config {path}: {e}") from e
+        raise ConfigError(f"training config {path}: {' '.join(str(e).split())}") from e
     if not isinstance(cfg, dict):
-        raise ValueError(f"training config {path}: expected a mapping of keys, got {type(cfg).__name__}")
+        raise ConfigError(f"training config {path}: expected a mapping of keys, got {type(cfg).__name__}")
     return cfg
 
 
@@ -96,7 +104,7 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
     unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set", "ae_qf_set", "ae_qf_range"}
     if unknown:
-        raise ValueError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
+        raise ConfigError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(set(cfg) | {'lr_milestones', 'lr_gamma', 'betas', *_RUN_KEYS})}")
     cfg.update(recipe)
     for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set).items():

@@ -52,7 +52,9 @@ class EvalDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is None:
-            self.records = resolve_dataset(self.dataset, self.data_root, self.report)
+            from benchmark.metrics import MIN_SIDE  # what the metrics can score: smaller files are skipped, counted
+
+            self.records = resolve_dataset(self.dataset, self.data_root, self.report, MIN_SIDE)
 
     def test_dataloader(self):
         self.setup()

@@ -132,12 +132,20 @@ class LoadReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
 
 
-def load_folder(folder: str | os.PathLike, report: LoadReport | None = None) -> list[ImageRecord]:
-    """All usable images of a folder; a bad file is skipped with a warning and recorded in `report`."""
+def load_folder(folder: str | os.PathLike, report: LoadReport | None = None,
+                min_side: int = MIN_SIDE) -> list[ImageRecord]:
+    """All usable images of a folder; a bad file is skipped with a warning and recorded in `report`.
+    min_side: the smallest side the consumer can use (evaluation: the metrics' SSIM window); smaller images are
+    skipped the same way, so one tiny file cannot fail a whole dataset."""
     records = []
     for path in list_image_files(folder):
         try:
-            records.append(read_image(path))
+            rec = read_image(path)
+            h, w = rec.pixels.shape[:2]
+            if min(h, w) < min_side:
+                raise ImageError(f"{path}: size {w}x{h} is smaller than {min_side}x{min_side}, the smallest image "
+                                 f"the metrics can score (SSIM's window)")
+            records.append(rec)
         except ImageError as e:
             warnings.warn(f"skipped: {e}", stacklevel=2)
             if report is not None:
@@ -177,10 +185,11 @@ def to_y(pixels: np.ndarray) -> np.ndarray:
 
 
 def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
-                    report: LoadReport | None = None) -> list[ImageRecord]:
+                    report: LoadReport | None = None, min_side: int = MIN_SIDE) -> list[ImageRecord]:
     """`samples`, a named set (under the data root), or a folder path.
 
     A `:y` suffix (`bsds500:y`) evaluates the MATLAB-Y (gray) version of a colour set, the field's gray protocol.
+    Folder images under `min_side` pixels on a side are skipped and recorded in `report`.
     """
     base, _, variant = name.partition(":")
     if variant not in ("", "y"):
@@ -195,9 +204,9 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
         folder = root / NAMED_DATASETS[base]
         if not folder.is_dir():
             raise DatasetError(f"dataset {base!r}: expected the folder {folder} (data root {root})")
-        records = load_folder(folder, report)
+        records = load_folder(folder, report, min_side)
     elif Path(base).is_dir():
-        records = load_folder(base, report)
+        records = load_folder(base, report, min_side)
     else:
         known = ", ".join(["samples", *NAMED_DATASETS])
         raise DatasetError(f"unknown dataset {base!r}: use one of {known}, or a folder path")

@@ -127,7 +127,8 @@ def _torchvision_candidates(name: str, selector: str | None = None) -> list[tupl
 def _find_torchvision(name: str, selector: str | None = None) -> Path:
     cands = _torchvision_candidates(name, selector)
     if not cands:
-        raise ClassifierError(f"torchvision {name} has no published weights: pass weights=FILE")
+        raise ClassifierError(f"torchvision {name} has no published weights: pass --task-weights FILE "
+                              f"(weights=FILE in Python)")
     hub = hub_checkpoint_dir()
     for _, fname, _ in cands:
         if (hub / fname).is_file():
@@ -138,8 +139,8 @@ def _find_torchvision(name: str, selector: str | None = None) -> Path:
             return found
     options = "; ".join(f"{fname} ({member}, from {url})" for member, fname, url in cands)
     raise ClassifierError(f"no local weights for torchvision {name}: put {cands[0][1]} at {hub / cands[0][1]} "
-                          f"(torch.hub.get_dir()/checkpoints/; any one of: {options}), or pass weights=FILE. "
-                          f"Nothing is downloaded.")
+                          f"(torch.hub.get_dir()/checkpoints/; any one of: {options}), or pass --task-weights FILE "
+                          f"(weights=FILE in Python). Nothing is downloaded.")
 
 
 def _find_timm(name: str, cfg: dict) -> Path:
@@ -164,12 +165,13 @@ def _find_timm(name: str, cfg: dict) -> Path:
             return found
     ways = []
     if hub_id:
-        ways.append(f"download https://huggingface.co/{hub_id}/resolve/main/{files[0]} and pass weights=FILE, or put "
-                    f"it in the Hugging Face cache {hf_cache_dir()} (`huggingface-cli download {hub_id} {files[0]}`)")
+        ways.append(f"download https://huggingface.co/{hub_id}/resolve/main/{files[0]} and pass --task-weights FILE "
+                    f"(weights=FILE in Python), or put it in the Hugging Face cache {hf_cache_dir()} "
+                    f"(`huggingface-cli download {hub_id} {files[0]}`)")
     if url_file:
         ways.append(f"put {url_file} (from {url}) at {hub_checkpoint_dir() / url_file}")
     if not ways:
-        ways.append("pass weights=FILE (timm publishes no weights for it)")
+        ways.append("pass --task-weights FILE (weights=FILE in Python; timm publishes no weights for it)")
     raise ClassifierError(f"no local weights for timm {name}: " + "; or ".join(ways) + ". Nothing is downloaded.")
 
 
@@ -231,7 +233,8 @@ def build_classifier(name: str, weights: str | os.PathLike | None = None, num_cl
         if path is None and not random_init:  # find the file before building: a missing one fails fast
             if num_classes != 1000:
                 raise ClassifierError(f"torchvision {arch}: the published weights have 1000 classes; for "
-                                      f"num_classes={num_classes} pass weights=FILE (a fine-tuned checkpoint)")
+                                      f"num_classes={num_classes} pass --task-weights FILE (weights=FILE in "
+                                      f"Python): a fine-tuned checkpoint")
             path = _find_torchvision(arch)
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
         mean, std, filter_fn = IMAGENET_MEAN, IMAGENET_STD, None
@@ -246,7 +249,8 @@ def build_classifier(name: str, weights: str | os.PathLike | None = None, num_cl
             published = cfg.get("num_classes", 1000)
             if num_classes != published:
                 raise ClassifierError(f"timm {arch}: the published weights have {published} classes; for "
-                                      f"num_classes={num_classes} pass weights=FILE (a fine-tuned checkpoint)")
+                                      f"num_classes={num_classes} pass --task-weights FILE (weights=FILE in "
+                                      f"Python): a fine-tuned checkpoint")
             path = _find_timm(arch, cfg)
 
     if path is not None:

@@ -130,7 +130,7 @@ def build_fasterrcnn_r50_fpn(num_classes: int = 91, weights: str | os.PathLike |
             raise DetectorWeightsError(
                 f"no weights for fasterrcnn_resnet50_fpn: put torchvision's COCO checkpoint {R50_FPN_COCO_FILE} "
                 f"(from {R50_FPN_COCO_URL}, fetched on a machine with internet) at {weights}, or pass "
-                "weights=<path to it>; nothing is downloaded at run time")
+                "--task-weights FILE (weights=FILE in Python); nothing is downloaded at run time")
     state_dict = read_state_dict(weights) if weights is not None else None  # a bad file fails before the build
     backbone = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     backbone = _resnet_fpn_extractor(backbone, trainable_backbone_layers)

@@ -148,7 +148,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise MethodError(f"weights file {path} cannot be read as a PyTorch checkpoint: {e}") from e
+        raise MethodError(unreadable_checkpoint(path, e)) from e
     lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -163,6 +163,19 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
         if obj and all(k.startswith(prefix) for k in obj):
             obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
+
+
+def unreadable_checkpoint(path, e: Exception) -> str:
+    """What a file torch.load refused is, in one line. torch's own text for a file that is not a checkpoint at all
+    talks about weights_only and asks to file an issue, which misleads: keep only its reason."""
+    text = str(e)
+    reason = text.split("WeightsUnpickler error:", 1)[-1].strip()
+    reason = reason.split("\n\n")[0].strip() or type(e).__name__
+    if "Unsupported global" in reason:  # a real checkpoint that pickles objects the safe loader refuses
+        reason = reason.split(" was not an allowed global")[0]
+        return (f"{path} is a PyTorch checkpoint holding objects the safe loader refuses ({reason}); save its "
+                f"state dict alone (torch.save(model.state_dict(), ...))")
+    return f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {' '.join(reason.split())[:200]})"
 
 
 def mismatch_report(own: dict, state: dict, optional_suffixes: tuple[str, ...] = ()) -> list[str]:

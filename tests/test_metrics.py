@@ -35,7 +35,30 @@ def test_psnr_hand_computed():
     b = a.clone()
     b[0, 0, 0, 0] = 16  # MSE = 256/64 = 4
     assert float(psnr(b, a)) == pytest.approx(10 * math.log10(255**2 / 4))
-    assert math.isinf(float(psnr(a, a)))
+    assert float(psnr(a, a)) == 100.0  # identical images: capped at PSNR_MAX, not +inf
+
+
+def test_identical_images_cap_psnr_and_psnrb_at_100_db_and_keep_the_mean_finite(rng):
+    """A flat image that JPEG reproduces exactly (MSE 0) scores 100 dB, so one such image cannot make a set's
+    per-image mean +inf (which the leaderboard refuses)."""
+    flat = np.full((64, 64), 128, np.uint8)
+    out = apply(flat, Corruption("jpeg", (10,)))[0]
+    assert np.array_equal(out, flat)  # JPEG reproduces a flat image exactly
+    assert float(psnr(chw(out), chw(flat))) == 100.0 and float(psnrb(chw(out), chw(flat))) == 100.0
+    # a nonzero MSE above 100 dB is capped too: one pixel off by 1 in 512x512 is 10 log10(255^2 * 512^2) = 102.3 dB
+    big = np.zeros((512, 512), np.uint8)
+    off = big.copy()
+    off[0, 0] = 1
+    assert 10 * math.log10(255**2 * 512 * 512) > 100 and float(psnr(chw(off), chw(big))) == 100.0
+    clean, jpeg = pair(rng, 1)
+    ref = peak_signal_noise_ratio(clean, jpeg, data_range=255)
+    for cls, fn in ((PSNR, psnr), (PSNRB, psnrb)):
+        m = cls()
+        m.update(chw(jpeg), chw(clean), ids=torch.tensor([0]))
+        m.update(chw(out), chw(flat), ids=torch.tensor([1]))
+        expected = (float(fn(chw(jpeg), chw(clean))) + 100.0) / 2
+        assert float(m.compute()) == pytest.approx(expected) and math.isfinite(float(m.compute()))
+    assert float(psnr(chw(jpeg), chw(clean))) == pytest.approx(ref, abs=1e-10)  # below the cap: unchanged
 
 
 def test_ssim_matches_skimage_valid_window(rng):

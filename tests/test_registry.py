@@ -1,4 +1,6 @@
 """Registry, weight loading in real formats (files the tests write), and clear errors for bad checkpoints."""
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -49,8 +51,24 @@ def test_mismatched_checkpoint_lists_what_does_not_fit(tmp_path):
         create("dncnn", "compact", weights=tmp_path / "absent.pt")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
-    with pytest.raises(MethodError, match="cannot be read"):
+    with pytest.raises(MethodError, match=f"^{re.escape(str(bad))} is not a PyTorch checkpoint \\("):
         load_state_dict_file(bad)
+
+
+def test_random_bytes_are_not_a_checkpoint_without_torchs_unpickling_text(tmp_path):
+    bad = tmp_path / "random.pth"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(MethodError) as e:
+        create("dncnn", "compact", weights=bad)
+    msg = str(e.value)
+    assert re.fullmatch(re.escape(f"{bad} is not a PyTorch checkpoint (UnpicklingError: ") + r"[^()\n]+\)", msg), msg
+    assert "file an issue" not in msg and "weights_only" not in msg
+    # a real checkpoint that pickles objects the safe loader refuses is told apart
+    pickled = tmp_path / "numpy.pt"
+    torch.save({"w": np.zeros(3)}, pickled)
+    with pytest.raises(MethodError, match=f"^{re.escape(str(pickled))} is a PyTorch checkpoint holding objects the "
+                                          "safe loader refuses \\(Unsupported global: GLOBAL numpy"):
+        load_state_dict_file(pickled)
 
 
 def test_missing_default_weights_say_where_to_put_them(monkeypatch, tmp_path):

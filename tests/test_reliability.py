@@ -1,5 +1,6 @@
-"""Reliability of runs and boards: concurrent writers lose nothing, kill -9 then re-run gives the same board, the same
-seed gives a byte-identical board, a wrong-shaped output fails its row only."""
+"""Reliability of runs and boards: concurrent writers lose nothing, kill -9 then re-run gives the same board (and the
+next write clears the killed writer's temp file), the same seed gives a byte-identical board, a wrong-shaped output
+fails its row only."""
 from __future__ import annotations
 
 import os
@@ -85,3 +86,23 @@ def test_wrong_shaped_output_fails_its_row_only(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert rc == 1 and "'cropper' returned shape" in err
     assert sorted(pd.read_csv(lb).method) == ["dncnn", "jpeg"]  # the other method's and the reference rows are kept
+
+
+def test_stale_temp_files_of_killed_writers_are_removed_on_the_next_write(tmp_path):
+    """A writer killed between writing `.NAME.<pid>.tmp` and renaming it leaves the file behind: the next upsert of
+    that board removes it (its pid is dead); a live writer's file and other boards' files are left alone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # exited and reaped: its pid is not alive
+    board = tmp_path / "board.csv"
+    stale = tmp_path / f".board.csv.{dead.pid}.tmp"
+    live = tmp_path / f".board.csv.{os.getppid()}.tmp"
+    other = tmp_path / f".other.csv.{dead.pid}.tmp"
+    for f in (stale, live, other):
+        f.write_text("half a board")
+    row = {"method": "a", "preset": "p", "dataset": "d", "channels": "rgb", "codec": "jpeg", "qf": "10",
+           "passes": 1, "subsampling": "420", "seed": 0, "source": "measured", "psnr": 30.0}
+    leaderboard.upsert(board, [row])
+    assert not stale.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == sorted(
+        ["board.csv", live.name, other.name])
+    assert list(leaderboard.read(board).psnr) == ["30.0000"]

@@ -83,6 +83,27 @@ def test_folder_skips_bad_images_and_counts_them(tmp_path, rng):
     assert len(report.skipped) == 1 and report.skipped[0][0].endswith("c.png")
 
 
+def test_folder_skips_images_under_the_metrics_window_and_counts_them(tmp_path, rng):
+    """A 9x15 image passes the 8-px JPEG-block check but SSIM's 11x11 window cannot score it: the evaluation
+    datamodule skips and counts it with a warning naming it, and scores the rest of the folder."""
+    from benchmark.metrics import MIN_SIDE
+    from datamodules.corruptions import Corruption
+    from datamodules.fidelity import EvalDataModule
+
+    assert MIN_SIDE == 11
+    save(tmp_path / "a.png", smooth_image(rng))
+    save(tmp_path / "b.png", smooth_image(rng, c=1))
+    save(tmp_path / "small.png", smooth_image(rng, 9, 15))
+    assert read_image(tmp_path / "small.png").pixels.shape == (9, 15, 3)  # a usable image on its own
+    dm = EvalDataModule(str(tmp_path), [Corruption("jpeg", (10,))])
+    with pytest.warns(UserWarning, match="small.png: size 15x9 is smaller than 11x11"):
+        dm.setup()
+    assert [r.name for r in dm.records] == ["a", "b"]
+    assert dm.report.skipped == [(str(tmp_path / "small.png"), f"{tmp_path / 'small.png'}: size 15x9 is smaller "
+                                  "than 11x11, the smallest image the metrics can score (SSIM's window)")]
+    assert [r.name for r in load_folder(tmp_path)] == ["a", "b", "small"]  # training folders keep the 8-px rule
+
+
 def test_dataset_errors_say_what_to_provide(tmp_path, monkeypatch):
     monkeypatch.delenv("CARBENCH_DATA", raising=False)
     with pytest.raises(DatasetError, match="unknown dataset 'nope'"):
