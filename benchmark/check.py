@@ -80,7 +80,7 @@ def compare(board: str, committed_csv: Path, measured_csv: Path, tolerances: dic
         k = tuple(r[c] for c in key)
         label = _label(r, key)
         if k not in committed:
-            findings.append(Finding(board, label, "*", "-", "(new row)", None, "NOT COMMITTED"))
+            findings.append(Finding(board, label, "*", "-", _why_new(committed, key, k), None, "NOT COMMITTED"))
             continue
         c = committed[k]
         for m in metrics:
@@ -93,6 +93,17 @@ def compare(board: str, committed_csv: Path, measured_csv: Path, tolerances: dic
             if m in r and c.get(m, "") != r[m]:
                 findings.append(Finding(board, label, m, c.get(m, ""), r[m], 0.0, "REGRESSION"))
     return findings
+
+
+def _why_new(committed: dict, key: list[str], k: tuple) -> str:
+    """A re-measured row without a committed twin; says so where only its weights file differs."""
+    i = key.index("weights_sha256")
+    others = [c for c in committed if c[:i] + c[i + 1:] == k[:i] + k[i + 1:]]
+    if any(c[i] == "" for c in others):
+        return "(new row: the committed one has no weights_sha256; run `benchmark migrate-boards`)"
+    if others:
+        return f"(new row: other weights file; committed {', '.join(c[i] for c in others)})"
+    return "(new row)"
 
 
 def _num(v) -> float:

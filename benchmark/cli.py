@@ -91,20 +91,30 @@ def cmd_run(args) -> int:
     rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
     path = None
     if rows:  # written before anything else can go wrong: measured rows are never lost
-        path = leaderboard.upsert(args.leaderboard or leaderboard.default_path("fidelity"), rows)
+        path = leaderboard.upsert(leaderboard.fidelity_target(args.leaderboard), rows)
     print(format_table(rows))
     if path is not None:
-        print(f"\n{len(rows)} rows -> {path}")
+        print(f"\n{len(rows)} rows -> {path}{_board_hint(args.leaderboard)}")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         n = max(r["n_skipped"] for r in rows if r["dataset"] == dataset)
         if n:
             print(f"note: {n} unusable image(s) skipped in {dataset} (see the warnings above)")
+        n_gray = max(r["n_gray"] for r in rows if r["dataset"] == dataset)
+        if n_gray:
+            print(f"note: {n_gray} gray image(s) in {dataset} scored on their one channel inside its colour rows "
+                  f"(n_gray; see the warning above)")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
     for msg in bad_rows:
         print(f"FAILED, not written: {msg}", file=sys.stderr)
     print(f"done in {time.time() - t0:.1f} s")
     return EXIT_FAILED if failures or bad_rows else 0
+
+
+def _board_hint(explicit: str | None) -> str:
+    """Said when rows went to the user's board by default (the committed boards need --leaderboard leaderboards/)."""
+    return "" if explicit else (" (your results board: $CARBENCH_RESULTS or ./carbench-results/; --leaderboard "
+                                "names another)")
 
 
 def _method_label(name: str, preset: str | None) -> str:
@@ -175,7 +185,7 @@ def _run_tasks(args, methods, corruptions) -> int:
         bad_rows += bad
         path = None
         if task_rows:  # written first: measured rows are never lost
-            folder = args.leaderboard or str(leaderboard.LEADERBOARD_DIR)
+            folder = args.leaderboard or str(leaderboard.user_results_dir())
             path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
         print(format_task_table(task, task_rows))
         if path is not None:
@@ -183,7 +193,8 @@ def _run_tasks(args, methods, corruptions) -> int:
             from .task_runner import METRICS
 
             png = plot_task_board(path, METRICS[task][0], path.with_suffix(".png"), dataset)
-            print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") + "\n")
+            print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") +
+                  _board_hint(args.leaderboard) + "\n")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
     for msg in bad_rows:
@@ -416,10 +427,10 @@ def cmd_compare(args) -> int:
     base_names = {m.split(".")[0] for m in mine}
     baselines = baseline_methods(sorted(base_names)) if args.baselines == "all" else \
         [b for b in _csv(args.baselines) if b.split(".")[0] not in base_names]
-    boards = args.boards or str(leaderboard.LEADERBOARD_DIR)
+    boards = args.boards or str(leaderboard.user_results_dir())
     methods = ",".join(mine + baselines)
     print(f"compare: {', '.join(mine)} against {', '.join(baselines) or '(no baselines)'}")
-    common = ["--qf", args.qf, "--quiet"]
+    common = ["--qf", args.qf, *(["--quiet"] if args.quiet else [])]
     rc = main(["run", "--method", methods, "--dataset", args.dataset, "--leaderboard", f"{boards}/fidelity.csv",
                *common, *(["--data-root", args.data_root] if args.data_root else [])])
     if args.task:
@@ -466,6 +477,23 @@ def cmd_import_paper(args) -> int:
     return 0
 
 
+def cmd_migrate_boards(args) -> int:
+    """Fill `weights_sha256` in boards written before it existed (measured rows whose weights file resolves)."""
+    from . import leaderboard
+
+    folder = Path(args.leaderboard) if args.leaderboard else leaderboard.LEADERBOARD_DIR
+    for board in ("fidelity", "classification", "detection", "segmentation"):
+        path = folder / f"{board}.csv"
+        if path.is_file():
+            try:
+                n = leaderboard.add_weights_hashes(path, board)
+            except leaderboard.LeaderboardError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return EXIT_FAILED
+            print(f"{path}: weights_sha256 filled in {n} row(s)")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
 
@@ -496,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--qf-override", type=_qf_override, default=None, metavar="QF",
                    help="FBCNN's flexible control: restore as if every input had this QF (1..100) instead of the "
                         "predicted one; rows get preset `<preset>@qf<QF>`")
-    r.add_argument("--leaderboard", default=None, help="CSV to upsert into (default leaderboards/fidelity.csv)")
+    r.add_argument("--leaderboard", default=None, help="CSV (or folder: its fidelity.csv) to upsert into (default "
+                   "$CARBENCH_RESULTS or ./carbench-results/; the committed boards: --leaderboard leaderboards/)")
     r.add_argument("--cache-dir", default=None)
     r.add_argument("--no-cache", action="store_true")
     r.add_argument("--no-reference", action="store_true", help="do not add the `jpeg` reference rows "
@@ -520,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seg-mode", default="whole", choices=["whole", "slide"], help="PSPNet inference as mmseg's "
                                                                                  "test_cfg mode (real models)")
     g.add_argument("--wnids", default=None, help="ImageNet: file listing the model's 1000 wnids in class order")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr)")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list methods and datasets")
@@ -559,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of random init")
     t.add_argument("--ckpt-dir", default=None, help="write Lightning checkpoints (last.ckpt) here during training")
     t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")
-    t.add_argument("--out", default=None, help="checkpoint path (default: the preset's shipped checkpoint)")
+    t.add_argument("--out", default=None, help="checkpoint path (default: $CARBENCH_WEIGHTS or "
+                   "~/.cache/carbench/weights/, under the preset's file name; never the shipped one unless named here)")
     t.add_argument("--accelerator", default="auto")
     t.add_argument("--devices", default="auto", type=lambda s: int(s) if s.isdigit() else s,
                    help="Lightning devices: several run DDP (one process each; torchrun works too)")
@@ -598,8 +628,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--dataset", default="samples", help="comma list, as for `run`")
     cp.add_argument("--data-root", default=None)
     cp.add_argument("--task", default=None, help="also these downstream tasks (comma list), on the shapes set")
-    cp.add_argument("--boards", default=None, help="leaderboard folder (default leaderboards/)")
+    cp.add_argument("--boards", "--leaderboard", dest="boards", default=None,
+                    help="leaderboard folder (default $CARBENCH_RESULTS or ./carbench-results/)")
     cp.add_argument("--no-report", action="store_true")
+    cp.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr)")
     cp.set_defaults(func=cmd_compare)
 
     rp = sub.add_parser("report", help="Markdown + static HTML leaderboard and PNG plots (leaderboards/report/)")
@@ -613,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("--leaderboard-dir", default=None,
                     help="folder of the boards (default leaderboards/): fidelity.csv, classification.csv")
     ip.set_defaults(func=cmd_import_paper)
+
+    mb = sub.add_parser("migrate-boards", help="fill the weights_sha256 column of boards written before it existed "
+                                               "(measured rows whose weights file resolves here)")
+    mb.add_argument("--leaderboard", default=None, help="folder of the boards (default leaderboards/)")
+    mb.set_defaults(func=cmd_migrate_boards)
     return p
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import functools
 import glob
+import hashlib
 import math
 import os
 import subprocess
@@ -14,14 +15,21 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
-FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passes", "subsampling", "seed", "source"]
-FIDELITY_COLUMNS = FIDELITY_KEY[:-1] + [
-    "n_images", "n_skipped", "psnr", "ssim", "psnrb", "bpp", "source", "weights", "codec_lib",
-    "carbench_version", "git_commit", "created_at"]
+# weights_sha256: the first 12 hex digits of the sha256 of the weights file that produced a measured row ("" for
+# methods without a file, `jpeg` and source=paper rows); part of the key, so two different files of one name never
+# share a row. Boards written before it existed read it as "" (`benchmark migrate-boards` fills it in).
+FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passes", "subsampling", "seed", "source",
+                "weights_sha256"]
+FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
+    "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "bpp", "source", "weights", "weights_sha256",
+    "codec_lib", "carbench_version", "git_commit", "created_at"]
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
-            "source"]
-TASK_COLUMNS = TASK_KEY[:-2] + ["metric", "value", "n_images", "source", "model_weights", "weights", "codec_lib",
-                                "carbench_version", "git_commit", "created_at"]
+            "source", "weights_sha256"]
+TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "n_images", "source", "model_weights", "weights", "weights_sha256",
+                                "codec_lib", "carbench_version", "git_commit", "created_at"]
+# n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
+# columns newer than some committed boards -> the column they follow: a file without them reads them as ""
+ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped"}
 LEADERBOARD_DIR = Path(__file__).resolve().parents[1] / "leaderboards"
 SOURCES = ("measured", "paper")
 
@@ -45,7 +53,7 @@ def _schemas() -> dict[str, Schema]:
 
     task = Schema(tuple(TASK_KEY), tuple(TASK_COLUMNS), ("value", "n_images"), "value")
     return {"fidelity": Schema(tuple(FIDELITY_KEY), tuple(FIDELITY_COLUMNS),
-                               ("psnr", "ssim", "psnrb", "bpp", "n_images", "n_skipped"), "psnr"),
+                               ("psnr", "ssim", "psnrb", "bpp", "n_images", "n_skipped", "n_gray"), "psnr"),
             "classification": task, "detection": task, "segmentation": task,
             "efficiency": Schema(tuple(EFFICIENCY_KEY), tuple(EFFICIENCY_COLUMNS),
                                  ("params_m", "gflops", "gmacs", "latency_ms", "threads"), "params_m")}
@@ -104,7 +112,26 @@ def _row_label(r: dict, schema: Schema) -> str:
 
 
 def default_path(board: str = "fidelity") -> Path:
+    """The committed board (leaderboards/<board>.csv)."""
     return LEADERBOARD_DIR / f"{board}.csv"
+
+
+RESULTS_ENV = "CARBENCH_RESULTS"
+
+
+def user_results_dir() -> Path:
+    """Where `benchmark run` / `compare` write without --leaderboard: $CARBENCH_RESULTS, else ./carbench-results/
+    (the committed boards in leaderboards/ change only when --leaderboard names them)."""
+    return Path(os.environ.get(RESULTS_ENV) or "carbench-results")
+
+
+def fidelity_target(leaderboard: str | None) -> Path:
+    """The fidelity CSV a run writes: --leaderboard FILE, --leaderboard DIR (its fidelity.csv), else the user's."""
+    if not leaderboard:
+        return user_results_dir() / "fidelity.csv"
+    if leaderboard.endswith(("/", os.sep)) or Path(leaderboard).is_dir():
+        return Path(leaderboard) / "fidelity.csv"
+    return Path(leaderboard)
 
 
 @functools.lru_cache(maxsize=1)
@@ -148,6 +175,9 @@ def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
+    for c, after in ADDED_COLUMNS.items():  # a fidelity or task board written before they existed
+        if c not in df.columns and after in df.columns:
+            df.insert(df.columns.get_loc(after) + 1, c, "")
     if board is not None:
         validate(df, _schemas()[board], str(path))
     return df
@@ -176,11 +206,80 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
         else:
             merged = new
         merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
-        remove_stale_tmp(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        merged.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, path)
+        _write_atomic(path, merged)
     return path
+
+
+def _write_atomic(path: Path, df: pd.DataFrame) -> None:
+    """Write-then-rename; call with the board's lock held."""
+    remove_stale_tmp(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, path)
+
+
+_HASHES: dict[tuple, str] = {}
+
+
+def weights_sha256(weights: str | os.PathLike | None) -> str:
+    """The `weights_sha256` of a row: the first 12 hex digits of the sha256 of the weights file's bytes; `weights`
+    is a path, or a bare file name looked up as a preset's default is (`find_weights`). "" when there is no file.
+    Hashed once per file (cached by path, mtime and size)."""
+    path = resolve_weights_file(weights)
+    if path is None:
+        return ""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()[:12]
+    return _HASHES[key]
+
+
+def resolve_weights_file(weights: str | os.PathLike | None) -> Path | None:
+    """The file a `weights` value names: the path itself, else its file name where find_weights finds it."""
+    if weights in (None, ""):
+        return None
+    path = Path(weights)
+    if path.is_file():
+        return path
+    from lightning_modules.registry import find_weights
+
+    return find_weights(path.name)
+
+
+def add_weights_hashes(path: str | os.PathLike, board: str) -> int:
+    """Migration of a board written before `weights_sha256`: fill it in for every measured row whose `weights`
+    names a file that resolves here (the path itself or find_weights); paper rows and rows without a file keep "".
+    Atomic (write-then-rename under the board's lock). Returns the number of rows filled."""
+    path = Path(path)
+    schema = _schemas()[board]
+    columns = list(schema.columns)
+    with FileLock(str(path) + ".lock", timeout=120):
+        df = read(path, board)
+        if df.empty:
+            return 0
+        filled = 0
+        for i, r in df.iterrows():
+            if r["source"] == "measured" and r["weights"] and not r["weights_sha256"]:
+                digest = weights_sha256(r["weights"])
+                if digest:
+                    df.at[i, "weights_sha256"] = digest
+                    filled += 1
+        extra = [c for c in df.columns if c not in columns]
+        for c in columns:
+            if c not in df.columns:
+                df[c] = ""
+        df = df[columns + extra]
+        dup = df.duplicated(subset=list(schema.key), keep=False)
+        if dup.any():
+            raise LeaderboardError(f"{path}: rows {[i + 1 for i in df.index[dup]]} share one key after migration")
+        df = df.sort_values(list(schema.key), kind="stable").reset_index(drop=True)
+        _write_atomic(path, df)
+    return filled
 
 
 def remove_stale_tmp(path: Path) -> list[Path]:

@@ -6,12 +6,15 @@ are written.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.fidelity import EvalDataModule
@@ -59,11 +62,26 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 
 
-def progress_bar(enabled: bool = True) -> list:
-    """tqdm bars: they also update in CI logs, where rich's only draw at the end."""
-    from lightning.pytorch.callbacks import TQDMProgressBar
+def _on_stderr(name: str):
+    def init(self):
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning builds each bar with file=sys.stdout
+            return getattr(super(StderrTQDMProgressBar, self), name)()
+    return init
 
-    return [TQDMProgressBar(refresh_rate=1)] if enabled else []
+
+class StderrTQDMProgressBar(TQDMProgressBar):
+    """Lightning's TQDMProgressBar with its bars on stderr: the tables stay alone on stdout."""
+    init_sanity_tqdm = _on_stderr("init_sanity_tqdm")
+    init_train_tqdm = _on_stderr("init_train_tqdm")
+    init_predict_tqdm = _on_stderr("init_predict_tqdm")
+    init_validation_tqdm = _on_stderr("init_validation_tqdm")
+    init_test_tqdm = _on_stderr("init_test_tqdm")
+
+
+def progress_bar(enabled: bool = True) -> list:
+    """tqdm bars, on stderr (`> table.txt` holds no bar): they also update in CI logs, where rich's only draw at
+    the end."""
+    return [StderrTQDMProgressBar(refresh_rate=1)] if enabled else []
 
 
 def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
@@ -79,6 +97,10 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other datasets go on
             failures.append(JobFailure("*", dataset, str(e)))
             continue
+        gray = [r.source or r.name for r in dm.records if r.is_gray]
+        if gray and len(gray) < len(dm.records) and dataset.partition(":")[0] != "samples":  # samples: documented
+            warnings.warn(f"{dataset}: {len(gray)} gray image(s) among colour ones, scored on their one channel "
+                          f"inside the {req.channels} rows (column n_gray): {', '.join(gray)}", stacklevel=2)
         for method in methods:
             t0 = time.time()
             try:
@@ -124,10 +146,13 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
     if all(r.is_gray for r in dm.records):
         channels = "gray"  # scored on the one channel they have, whatever --channels says
     return {
-        "method": restorer.method_name, "preset": restorer.preset_name, "dataset": dataset, "channels": channels,
+        "method": restorer.method_name, "preset": restorer.preset_name, "dataset": dm.label, "channels": channels,
         "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
-        "n_images": res["n_images"], "n_skipped": len(dm.report.skipped), "psnr": res["psnr"], "ssim": res["ssim"],
+        "n_images": res["n_images"], "n_skipped": len(dm.report.skipped),
+        "n_gray": 0 if channels == "gray" else sum(r.is_gray for r in dm.records),
+        "psnr": res["psnr"], "ssim": res["ssim"],
         "psnrb": res["psnrb"], "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
+        "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
         "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
         "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
     }

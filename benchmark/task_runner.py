@@ -279,6 +279,8 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "dataset": dataset_label(req.dataset, req.n_images),
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
         "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
+        "weights_sha256": "" if scored is None else
+        leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
         "codec_lib": codec_lib(codec, versions) if c is not None else "",
         "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),

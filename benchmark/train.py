@@ -13,7 +13,7 @@ import torch
 from datamodules.corruptions import AFD_QF_SET
 from datamodules.fidelity import TrainDataModule
 from lightning_modules import create
-from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset
+from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset, user_weights_dir
 from lightning_modules.task_models import PACKAGED_CLASSIFIERS
 
 from .runner import progress_bar, quiet_lightning
@@ -146,7 +146,7 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
         val = trainer.callback_metrics.get("val_psnr", val)
     if trainer.global_rank != 0:
         return Path(out or "")
-    out_path = Path(out) if out else CHECKPOINT_DIR / (p.weights or f"{entry.name}_{preset_name}.pt")
+    out_path = Path(out) if out else default_out(p.weights or f"{entry.name}_{preset_name}.pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"method": entry.name, "preset": preset_name, "seed": seed, "train_data": dm.source_name,
             "init": str(init) if init else None, "stages": [s for s, *_ in plan if s] or None, "metrics": log,
@@ -195,7 +195,7 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
     trainer.fit(module, *loaders, ckpt_path=resume)
     if trainer.global_rank != 0:
         return Path(out or "")
-    out_path = Path(out) if out else CHECKPOINT_DIR / (preset.weights or f"{method}_{preset_name}.pt")
+    out_path = Path(out) if out else default_out(preset.weights or f"{method}_{preset_name}.pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     net_kwargs = {"backbone": backbone} if module.kind == "classifier" else \
         {"backbone": backbone, "depth": module.net.depth}
@@ -277,6 +277,13 @@ def _photos_at_classifier_scale(records, name: str, backbone: str):
     return out, f"{name}, shorter side {prep.resize} (bicubic)"
 
 
+def default_out(filename: str) -> Path:
+    """Where `benchmark train` saves without `--out`: the user's weights folder ($CARBENCH_WEIGHTS, else
+    ~/.cache/carbench/weights/), never the shipped lightning_modules/checkpoints/ (maintainers replace a shipped
+    file with an explicit `--out lightning_modules/checkpoints/FILE`)."""
+    return user_weights_dir() / filename
+
+
 def _save_checkpoint(out_path: Path, net: torch.nn.Module, meta: dict, summary: str) -> Path:
     """`{"state_dict", "carbench"}` with the run's record (plus the command line and torch version) -> out_path."""
     meta = {**meta, "command": "benchmark " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if len(sys.argv) > 1
@@ -284,6 +291,11 @@ def _save_checkpoint(out_path: Path, net: torch.nn.Module, meta: dict, summary: 
     state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     torch.save({"state_dict": state, "carbench": meta}, out_path)
     print(f"saved {out_path} ({out_path.stat().st_size / 1e6:.2f} MB); {summary}")
+    shipped = CHECKPOINT_DIR / out_path.name
+    if out_path.resolve() != shipped.resolve():
+        print(f"use it with --weights {out_path}" + (f" (it does not replace the shipped {shipped}, which "
+                                                     f"runs without --weights still read)" if shipped.is_file()
+                                                     else ""))
     return out_path
 
 
@@ -366,7 +378,7 @@ def train_task(task: str, model: str | None = None, steps: int | None = None, ba
                         enable_model_summary=False, num_sanity_val_steps=0)
     t0 = time.time()
     trainer.fit(module, dm)
-    out_path = Path(out) if out else CHECKPOINT_DIR / spec.weights
+    out_path = Path(out) if out else default_out(spec.weights)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
     meta = {"task": task, "model": name, "seed": seed, "train_data": f"shapes train split (seed {seed}, "

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .corruptions import Corruption, CorruptionCache, apply
 from .sources import (SAMPLE_TRAIN_IMAGES, DatasetError, ImageRecord, LoadReport, load_folder, load_samples,
-                      as_y, resolve_dataset)
+                      as_y, dataset_label, resolve_dataset)
 
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
@@ -49,12 +49,14 @@ class EvalDataModule(L.LightningDataModule):
         self.cache, self.num_workers = cache or CorruptionCache(), num_workers
         self.report = LoadReport()
         self.records: list[ImageRecord] | None = None
+        self.label = dataset
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is None:
             from benchmark.metrics import MIN_SIDE  # what the metrics can score: smaller files are skipped, counted
 
             self.records = resolve_dataset(self.dataset, self.data_root, self.report, MIN_SIDE)
+            self.label = dataset_label(self.dataset)  # what rows record: a folder by name and content, not path
 
     def test_dataloader(self):
         self.setup()

@@ -213,6 +213,20 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
     return as_y(records) if variant == "y" else records
 
 
+def dataset_label(name: str) -> str:
+    """The `dataset` a row records: `samples` and named sets as given; a folder path as `folder:NAME@HASH`, its
+    folder name plus a short hash of its sorted image files (names and sizes), so `../x`, `/abs/x` and `/abs/x/`
+    give one row and no machine path reaches a board (a `:y` suffix is kept)."""
+    base, sep, variant = name.partition(":")
+    if base == "samples" or base in NAMED_DATASETS or not Path(base).is_dir():
+        return name
+    folder = Path(base).resolve()
+    h = hashlib.sha256()
+    for p in list_image_files(folder):
+        h.update(f"{p.name}\0{p.stat().st_size}\n".encode())
+    return f"folder:{folder.name}@{h.hexdigest()[:6]}" + (f":{variant}" if sep else "")
+
+
 def as_y(records: list[ImageRecord]) -> list[ImageRecord]:
     """Colour records replaced by their MATLAB Y; gray ones kept."""
     return [r if r.is_gray else ImageRecord(r.name, to_y(r.pixels), r.source) for r in records]

@@ -203,6 +203,13 @@ def load_weights_into(net: torch.nn.Module, state: dict, culprit: str) -> None:
     net.load_state_dict(state)
 
 
+def user_weights_dir() -> Path:
+    """The user's weights folder: $CARBENCH_WEIGHTS if set, else ~/.cache/carbench/weights (where `benchmark
+    train` saves by default)."""
+    env = os.environ.get("CARBENCH_WEIGHTS")
+    return Path(env) if env else Path.home() / ".cache" / "carbench" / "weights"
+
+
 def weight_search_dirs() -> list[Path]:
     """Where a preset's default weights file is looked for, in order."""
     dirs = [CHECKPOINT_DIR]
@@ -277,4 +284,5 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     module = cls(net)
     module.method_name, module.preset_name = entry.name, preset_name
     module.weights_path = str(source) if source is not None else ""
+    module.weights_file = str(path) if source is not None else ""  # the file read (rows hash it: weights_sha256)
     return module

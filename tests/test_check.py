@@ -42,6 +42,7 @@ def test_gate_on_the_real_suite_passes_untouched_and_fails_perturbed(tmp_path, c
     boards = tmp_path / "boards"
     boards.mkdir()
     shutil.copy(leaderboard.default_path("fidelity"), boards / "fidelity.csv")
+    leaderboard.add_weights_hashes(boards / "fidelity.csv", "fidelity")  # a no-op once the committed board has them
     rc, findings = run_check(["fidelity"], boards, methods="dncnn")
     assert rc == 0, format_findings(findings)
     assert sum(f.metric == "psnr" for f in findings) == 4  # jpeg and dncnn at QF 10 and 20 on `samples`
@@ -56,3 +57,40 @@ def test_gate_on_the_real_suite_passes_untouched_and_fails_perturbed(tmp_path, c
     assert rc == 1 and len(failed) == 1
     assert failed[0].metric == "psnr" and "method=dncnn" in failed[0].row and "qf=10" in failed[0].row
     assert "REGRESSION" in format_findings(findings)
+
+
+def test_migrated_board_records_the_weights_file_and_the_gate_passes(tmp_path):
+    """`benchmark migrate-boards` fills weights_sha256 of committed measured rows from the files they name, and the
+    re-run rows (which hash the file they load) then match the committed ones key for key."""
+    import hashlib
+
+    from benchmark.cli import main
+    from lightning_modules.registry import CHECKPOINT_DIR
+
+    boards = tmp_path / "boards"
+    boards.mkdir()
+    shutil.copy(leaderboard.default_path("fidelity"), boards / "fidelity.csv")
+    before = pd.read_csv(boards / "fidelity.csv", dtype=str, keep_default_na=False)
+    assert main(["migrate-boards", "--leaderboard", str(boards)]) == 0
+    df = pd.read_csv(boards / "fidelity.csv", dtype=str, keep_default_na=False)
+    digest = hashlib.sha256((CHECKPOINT_DIR / "dncnn_compact.pt").read_bytes()).hexdigest()[:12]
+    compact = (df.method == "dncnn") & (df.preset == "compact") & (df.source == "measured")
+    assert compact.sum() >= 2 and set(df.weights_sha256[compact]) == {digest}
+    assert set(df.weights_sha256[(df.method == "jpeg") | (df.source == "paper")]) == {""}
+    assert len(df) == len(before)
+    assert df.drop(columns=["weights_sha256", "n_gray"]).equals(before)  # nothing else changed
+    assert main(["migrate-boards", "--leaderboard", str(boards)]) == 0  # idempotent
+    assert pd.read_csv(boards / "fidelity.csv", dtype=str, keep_default_na=False).equals(df)
+    rc, findings = run_check(["fidelity"], boards, methods="dncnn")
+    assert rc == 0, format_findings(findings)
+    assert sum(f.metric == "psnr" for f in findings) == 4
+
+
+def test_a_row_from_another_weights_file_is_not_the_committed_row(tmp_path):
+    committed, measured = tmp_path / "c.csv", tmp_path / "m.csv"
+    leaderboard.upsert(committed, [_row(weights="x.pt", weights_sha256="aaaaaaaaaaaa"), _row(qf="20", weights="x.pt")])
+    leaderboard.upsert(measured, [_row(weights="x.pt", weights_sha256="bbbbbbbbbbbb"),
+                                  _row(qf="20", weights="x.pt", weights_sha256="cccccccccccc")])
+    found = {f.row.split("qf=")[1].split()[0]: f for f in compare("fidelity", committed, measured, {})}
+    assert found["10"].verdict == "NOT COMMITTED" and "committed aaaaaaaaaaaa" in found["10"].measured
+    assert found["20"].verdict == "NOT COMMITTED" and "migrate-boards" in found["20"].measured

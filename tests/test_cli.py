@@ -213,7 +213,10 @@ def test_an_image_under_the_ssim_window_is_skipped_not_fatal(tmp_path, capsys, r
     (row,) = pd.read_csv(lb).to_dict("records")
     assert (row["n_images"], row["n_skipped"]) == (2, 1)
     assert row["psnr"] == pytest.approx(_jpeg_psnr(data, ["img0.png", "img1.png"]), abs=6e-5)
-    assert f"note: 1 unusable image(s) skipped in {data}" in out
+    from datamodules.sources import dataset_label
+
+    assert row["dataset"] == dataset_label(str(data)) and row["dataset"].startswith("folder:data@")
+    assert f"note: 1 unusable image(s) skipped in {row['dataset']}" in out
 
 
 def test_dry_run_lists_the_jobs_and_evaluates_nothing(tmp_path, capsys, monkeypatch):

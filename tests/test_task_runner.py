@@ -29,6 +29,11 @@ def test_embedded_run_writes_three_boards_and_repeats_exactly(tmp_path, capsys):
             "--n-images", "6", "--leaderboard", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     rc, out, err = run(args, capsys)
     assert rc == 0, err
+    import hashlib
+
+    from lightning_modules.registry import CHECKPOINT_DIR
+
+    shipped_sha = hashlib.sha256((CHECKPOINT_DIR / "dncnn_compact.pt").read_bytes()).hexdigest()[:12]
     metrics = {"classification": {"top1"}, "detection": {"map", "map_50", "map_75"},
                "segmentation": {"mIoU", "mAcc", "aAcc"}}
     boards = {}
@@ -43,6 +48,9 @@ def test_embedded_run_writes_three_boards_and_repeats_exactly(tmp_path, capsys):
         assert set(first[first.method == "dncnn"].codec) == ({"jpeg", "none"} if task == "classification" else {"jpeg"})
         clean = df[df.method == "clean"]
         assert set(clean.qf) == {""} and set(clean.codec) == {"none"} and len(clean) == len(names)
+        # the restorer's file by content (the task model's weights stay a label in model_weights)
+        assert set(df.weights_sha256[df.method == "dncnn"]) == {shipped_sha}
+        assert set(df.weights_sha256[df.method != "dncnn"]) == {""}
         values = df.value.astype(float)
         assert ((values >= 0) & (values <= 100)).all()
         boards[task] = df
