@@ -1,6 +1,7 @@
 """`benchmark report`: the leaderboards as one Markdown page and one static HTML page (sortable tables, measured
-beside paper with deltas) plus PNG plots: PSNR vs QF per method, PSNR vs number of JPEG passes, each task's metric
-vs QF, PSNR gain vs latency (DAGN Fig. 8's view) and a params/MACs bubble chart (AFD Figs. 9-10's view)."""
+beside paper with deltas) plus PNG plots: PSNR vs QF per method (one figure per dataset and channels, measured and
+paper rows side by side), PSNR vs number of JPEG passes, each task's metric vs QF, PSNR gain vs latency (DAGN Fig. 8's
+view) and a params/MACs bubble chart (AFD Figs. 9-10's view)."""
 from __future__ import annotations
 
 import html
@@ -24,9 +25,9 @@ def _plt():
     return plt
 
 
-def _save(fig, out: Path) -> Path:
+def _save(fig, out: Path, **savefig) -> Path:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, **savefig)
     _plt().close(fig)
     os.replace(tmp, out)
     return out
@@ -58,24 +59,68 @@ def paper_value(df: pd.DataFrame, r, metric: str) -> float | None:
 
 
 # ---- plots -------------------------------------------------------------------------------------------------------
-def plot_fidelity_vs_qf(df: pd.DataFrame, dataset: str, out: Path) -> Path | None:
+SOURCES = ("measured", "paper")  # the two panels of a PSNR-vs-QF figure, left to right
+
+
+def fidelity_qf_series(df: pd.DataFrame, dataset: str, channels: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """{source: {label: [(qf, psnr), ...]}} of one dataset's single-pass JPEG rows in one channel space (rgb, y or
+    gray): a line never joins rows of different datasets or channels (a Y-channel PSNR is ~2 dB above the RGB one)."""
+    sel = df[(df.dataset == dataset) & (df.channels == channels) & (df.passes == "1") & df.qf.str.isdigit()
+             & (df.codec == "jpeg") & df.psnr.notna()]
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for source in SOURCES:
+        rows = sel[sel.source == source]
+        series[source] = {label: sorted((int(q), float(v)) for q, v in zip(g.qf, g.psnr))
+                          for label, g in rows.groupby("label")}
+    return series
+
+
+def fidelity_qf_channels(df: pd.DataFrame, dataset: str) -> list[str]:
+    """The channel spaces of a dataset's single-pass JPEG rows (measured or paper), rgb first."""
     sel = df[(df.dataset == dataset) & (df.passes == "1") & df.qf.str.isdigit() & (df.codec == "jpeg")]
-    measured = sel[sel.source == "measured"]
-    if measured.label.nunique() < 1 or measured.qf.nunique() < 2:
+    return sorted(set(sel.channels), key=lambda c: (c != "rgb", c))
+
+
+def fidelity_vs_qf_figure(df: pd.DataFrame, dataset: str, channels: str):
+    """The PSNR-vs-QF figure of one (dataset, channels): measured rows on the left panel, paper rows on the right,
+    one colour per method across both, the legend outside the axes on the right. None when neither panel has a
+    line over two QFs."""
+    series = fidelity_qf_series(df, dataset, channels)
+    if not any(len({q for q, _ in pts}) >= 2 for by_label in series.values() for pts in by_label.values()):
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
-    for label, g in measured.groupby("label"):
-        g = g.assign(q=g.qf.astype(int)).sort_values("q")
-        ax.plot(g.q, g.psnr, marker="o", label=label)
-    for label, g in sel[sel.source == "paper"].groupby("label"):
-        g = g.assign(q=g.qf.astype(int)).sort_values("q")
-        ax.plot(g.q, g.psnr, linestyle="--", marker=".", alpha=0.6, label=f"{label} (paper)")
-    ax.set(xlabel="JPEG quality factor", ylabel="PSNR (dB)", title=f"PSNR vs QF: {dataset}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    method_of = dict(zip(df.label, df.method))
+    methods = sorted({method_of[label] for by_label in series.values() for label in by_label})
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    color = {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharex=True, sharey=True)
+    handles, labels = [], []
+    for ax, source in zip(axes, SOURCES):
+        by_label = series[source]
+        seen: dict[str, int] = {}
+        for label, pts in by_label.items():
+            method = method_of[label]
+            k = seen[method] = seen.get(method, -1) + 1  # a method's second preset: same colour, other dashes
+            style = ("-", "-.", ":")[k % 3] if source == "measured" else ("--", ":", "-.")[k % 3]
+            (line,) = ax.plot([q for q, _ in pts], [v for _, v in pts], linestyle=style, color=color[method],
+                              marker="o" if source == "measured" else "s", markersize=4)
+            handles.append(line)
+            labels.append(label if source == "measured" else f"{label.removesuffix('.paper')} (paper)")
+        if not by_label:
+            ax.text(0.5, 0.5, f"no {source} rows", transform=ax.transAxes, ha="center", va="center", color="gray")
+        ax.set(xlabel="JPEG quality factor", title=f"{source} ({len(by_label)} series)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"PSNR (dB, {channels})")
+    fig.suptitle(f"PSNR vs QF: {dataset} ({channels})")
     fig.tight_layout()
-    return _save(fig, out)
+    axes[-1].legend(handles, labels, fontsize=7, ncol=2 if len(labels) > 12 else 1, bbox_to_anchor=(1.02, 1),
+                    loc="upper left", borderaxespad=0.0)
+    return fig
+
+
+def plot_fidelity_vs_qf(df: pd.DataFrame, dataset: str, channels: str, out: Path) -> Path | None:
+    fig = fidelity_vs_qf_figure(df, dataset, channels)
+    return _save(fig, out, bbox_inches="tight") if fig is not None else None
 
 
 def plot_passes(df: pd.DataFrame, out: Path) -> Path | None:
@@ -267,9 +312,11 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
     plots: dict[str, Path] = {}
     if not df.empty:
         for dataset in sorted(df[df.source == "measured"].dataset.unique()):
-            p = plot_fidelity_vs_qf(df, dataset, out / f"fidelity_{dataset.replace(':', '_')}.png")
-            if p:
-                plots[f"PSNR vs QF: {dataset}"] = p
+            for channels in fidelity_qf_channels(df, dataset):  # one figure per (dataset, channels)
+                name = f"fidelity_{dataset.replace(':', '_')}_{channels}.png"
+                p = plot_fidelity_vs_qf(df, dataset, channels, out / name)
+                if p:
+                    plots[f"PSNR vs QF: {dataset} ({channels})"] = p
         p = plot_passes(df, out / "passes.png")
         if p:
             plots["Multi-pass JPEG"] = p
