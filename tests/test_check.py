@@ -38,6 +38,7 @@ def test_tolerance_file_is_validated(tmp_path):
         load_tolerances(bad)
 
 
+@pytest.mark.slow  # re-runs the embedded fidelity suite twice
 def test_gate_on_the_real_suite_passes_untouched_and_fails_perturbed(tmp_path, capsys):
     boards = tmp_path / "boards"
     boards.mkdir()

@@ -33,6 +33,7 @@ def test_file_spec_runs_and_names_errors(tmp_path):
         create("no/such/file.py:Cls")
 
 
+@pytest.mark.slow  # whole CLI jobs in subprocesses: minutes on 2 cores
 def test_installed_plugin_and_compare_end_to_end(tmp_path):
     site = tmp_path / "site"
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",

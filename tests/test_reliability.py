@@ -1,3 +1,4 @@
+import pytest
 """Reliability of runs and boards: concurrent writers lose nothing, kill -9 then re-run gives the same board (and the
 next write clears the killed writer's temp file), the same seed gives a byte-identical board, a wrong-shaped output
 fails its row only."""
@@ -45,6 +46,7 @@ def _run(board: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow  # whole CLI jobs in subprocesses: minutes on 2 cores
 def test_two_concurrent_runs_on_one_board_and_byte_identical_reruns(tmp_path):
     shared = tmp_path / "shared.csv"
     a, b = _run(shared, "--dataset", "samples"), _run(shared, "--codec", "avif")
@@ -57,6 +59,7 @@ def test_two_concurrent_runs_on_one_board_and_byte_identical_reruns(tmp_path):
     assert first.read_bytes() == second.read_bytes()  # same seed, pinned date: byte-identical
 
 
+@pytest.mark.slow  # whole CLI jobs in subprocesses: minutes on 2 cores
 def test_kill_minus_9_then_rerun_gives_the_same_board(tmp_path):
     reference, board = tmp_path / "reference.csv", tmp_path / "board.csv"
     assert _run(reference).wait(300) == 0
