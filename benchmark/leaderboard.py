@@ -274,9 +274,17 @@ def add_weights_hashes(path: str | os.PathLike, board: str) -> int:
             if c not in df.columns:
                 df[c] = ""
         df = df[columns + extra]
-        dup = df.duplicated(subset=list(schema.key), keep=False)
+        # an old row and a newer re-measurement of it (same file, now hashed) become one key: keep the newer row
+        # when both carry the same values; differing values are a conflict to resolve by hand
+        values = [c for c in (schema.numeric or ()) if c in df.columns]
+        key = list(schema.key)
+        dup = df.duplicated(subset=key, keep=False)
         if dup.any():
-            raise LeaderboardError(f"{path}: rows {[i + 1 for i in df.index[dup]]} share one key after migration")
+            conflicts = df[dup].groupby(key, sort=False)[values].nunique().gt(1).any(axis=1) if values else None
+            if conflicts is not None and conflicts.any():
+                raise LeaderboardError(f"{path}: rows {[i + 1 for i in df.index[dup]]} share one key after migration "
+                                       f"with different values")
+            df = df.sort_values("created_at", kind="stable").drop_duplicates(subset=key, keep="last")
         df = df.sort_values(list(schema.key), kind="stable").reset_index(drop=True)
         _write_atomic(path, df)
     return filled

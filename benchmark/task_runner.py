@@ -3,7 +3,8 @@
 Per task, one `direct` job scores the uncorrupted images (`clean` rows) and every corruption without restoration
 (`direct` rows); then one job per method: a restorer pre-processes the images, a feature de-drifter (`afd`,
 `degradation_prior`) is inserted into the classifier, a fine-tuned classifier (`jpeg_finetune`) replaces it. In
-classification every method is also scored on the clean images (codec `none`). A failing job is reported with its
+classification methods are also scored on the clean images (codec `none`): every method on `shapes`, on real photos
+the ones that change the classifier (de-drifters, fine-tuning). A failing job is reported with its
 culprit and the others go on. Rows are long-format (one metric per row, values in percent) for `leaderboards/<task>.csv`.
 
 Datasets: `shapes` (procedural, embedded; task models shipped) or a real layout `kind:PATH`:
