@@ -1,8 +1,9 @@
-import pytest
 """Reliability of runs and boards: concurrent writers lose nothing, kill -9 then re-run gives the same board (and the
 next write clears the killed writer's temp file), the same seed gives a byte-identical board, a wrong-shaped output
 fails its row only."""
 from __future__ import annotations
+
+import pytest
 
 import os
 import subprocess
