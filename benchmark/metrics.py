@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from functools import lru_cache
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torchmetrics import Metric
 
 CHANNELS = ("rgb", "y")
@@ -52,7 +55,7 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
 
 
 def _prepare(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> float64 (N, C, H, W) in [0, 255] on the requested channels."""
+    """-> uint8 (N, C, H, W) CPU tensors on the requested channels (colour -> rounded MATLAB Y for "y")."""
     if channels not in CHANNELS:
         raise ValueError(f"channels={channels!r}: use one of {CHANNELS}")
     preds, target = to_uint8(preds), to_uint8(target)
@@ -62,33 +65,93 @@ def _prepare(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[
         raise ValueError(f"shape mismatch: preds {tuple(preds.shape)} vs target {tuple(target.shape)}")
     if preds.ndim != 4 or preds.shape[1] not in (1, 3):
         raise ValueError(f"expected (N, 1|3, H, W) images, got {tuple(preds.shape)}")
-    p, t = preds.double(), target.double()
-    if channels == "y" and p.shape[1] == 3:
-        p, t = rgb_to_y(p).round(), rgb_to_y(t).round()
-    return p, t
+    # scores are a few integer sums and one small filter per image: the CPU is as fast as a round trip
+    preds, target = preds.cpu(), target.cpu()
+    if channels == "y" and preds.shape[1] == 3:
+        preds, target = _y_uint8(preds), _y_uint8(target)
+    return preds, target
 
 
-def _mse(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return (p - t).square().flatten(1).mean(1)
+def _y_uint8(img: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB (N, 3, H, W) -> rounded MATLAB luma (N, 1, H, W) uint8 (16..235), as MATLAB rounds uint8 input.
+
+    A lookup in the table of all 2^24 colours (equal to `rgb_to_y(...).round()` everywhere, tested): one gather
+    instead of eight float64 passes, 2.7x faster on LIVE1-size images."""
+    r, g, b = (c.numpy() for c in img.unbind(1))
+    if sys.byteorder == "little":  # the bytes (b, g, r, 0) read as one uint32 are the index: one interleaving copy
+        index = np.stack([b, g, r, np.zeros_like(r)], axis=-1).view(np.uint32)[..., 0]
+    else:
+        index = (r.astype(np.uint32) << 16) | (g.astype(np.uint32) << 8) | b
+    return torch.from_numpy(_luma_table().take(index))[:, None]
 
 
-def _image_by_image(fn):
-    """Run a batch one image at a time: per-image temporaries stay small enough for the allocator to reuse, while
-    batch-sized float64 buffers cost fresh pages every call (measured 12x slower for PSNR on 6x3x256x256)."""
+@lru_cache(maxsize=1)
+def _luma_table() -> np.ndarray:
+    """uint8 rounded `rgb_to_y` of every colour, indexed r << 16 | g << 8 | b (16 MB, built once in ~0.1 s)."""
+    v = np.arange(256, dtype=np.float64)
+    rg = (65.481 * v[:, None] + 128.553 * v[None, :]).reshape(-1)  # the float ops of rgb_to_y, in its order
+    blue = 24.966 * v
+    table = np.empty((65536, 256), np.uint8)
+    for i in range(0, 65536, 4096):  # chunks stay in cache
+        table[i:i + 4096] = np.round((rg[i:i + 4096, None] + blue[None, :]) / 255.0 + 16.0)
+    return table.reshape(-1)
+
+
+def _single_threaded(fn):
+    """Per-image kernels run on one thread: on LIVE1-size images the work per call is a few ms, where extra threads
+    cost more than they give and collapse when the CPU is shared (measured: SSIM 892 ms with 2 threads under load vs
+    460 ms with 1)."""
     @functools.wraps(fn)
-    def wrapper(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
-        if preds.ndim == 4 and preds.shape[0] > 1 and preds.shape == target.shape:
-            return torch.cat([fn(p, t, channels) for p, t in zip(preds.split(1), target.split(1))])
-        return fn(preds, target, channels)
+    def wrapper(*args, **kwargs):
+        n = torch.get_num_threads()
+        if n == 1:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(n)
     return wrapper
 
 
-@_image_by_image
-def psnr(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
+def _per_image(kernel):
+    """Functional metric from a kernel on one image pair (uint8 (C, H, W) numpy or tensor views) -> (N,) float64."""
+    @functools.wraps(kernel)
+    @_single_threaded
+    def wrapper(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
+        p, t = _prepare(preds, target, channels)
+        return torch.tensor([kernel(a, b) for a, b in zip(p, t)], dtype=torch.float64)
+    return wrapper
+
+
+def _squared_error_sum(p: np.ndarray, t: np.ndarray) -> int:
+    """Exact sum of squared differences of two uint8 arrays."""
+    return _sum_of_squares(np.subtract(p, t, dtype=np.float32))
+
+
+_EXACT_F32_ROW = 256  # 256 * 255^2 < 2^24: any partial sum of a row of squared uint8 differences is exact in float32
+
+
+def _sum_of_squares(d: np.ndarray) -> int:
+    """Exact sum of squares of integer-valued float32 differences (|d| <= 255): float32 dot products over rows of 256,
+    each exact, summed in float64 (3.5x faster than int32 products with an int64 sum)."""
+    d = np.ascontiguousarray(d).reshape(-1)
+    n = d.size - d.size % _EXACT_F32_ROW
+    rows = d[:n].reshape(-1, _EXACT_F32_ROW)
+    tail = d[n:].astype(np.float64)
+    return int(np.einsum("ij,ij->i", rows, rows).sum(dtype=np.float64) + tail @ tail)
+
+
+def _db(mse: float) -> float:
+    """10 log10(255^2 / mse), capped at PSNR_MAX: an exactly reproduced (e.g. flat) image must not turn the set's
+    mean into +inf."""
+    return PSNR_MAX if mse <= 0 else min(PSNR_MAX, 10.0 * math.log10(255.0**2 / mse))
+
+
+@_per_image
+def psnr(p: torch.Tensor, t: torch.Tensor) -> float:
     """Per-image PSNR in dB, shape (N,), capped at PSNR_MAX (100 dB): identical images give 100, not +inf."""
-    p, t = _prepare(preds, target, channels)
-    # capped: an exactly reproduced (e.g. flat) image must not turn the set's mean into +inf
-    return (10.0 * torch.log10(255.0**2 / _mse(p, t))).clamp(max=PSNR_MAX)
+    return _db(_squared_error_sum(p.numpy(), t.numpy()) / p.numel())
 
 
 @lru_cache(maxsize=8)
@@ -98,64 +161,99 @@ def _gaussian(device: str) -> torch.Tensor:
     return g / g.sum()
 
 
+@lru_cache(maxsize=8)
+def _separable_gaussian(planes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise (planes, 1, 1, 11) and (planes, 1, 11, 1) float32 Gaussian weights."""
+    g = _gaussian("cpu").float()
+    return (g.view(1, 1, 1, -1).expand(planes, 1, 1, -1).contiguous(),
+            g.view(1, 1, -1, 1).expand(planes, 1, -1, 1).contiguous())
+
+
 def _filter_valid(x: torch.Tensor) -> torch.Tensor:
-    """Separable 11x11 Gaussian, valid region only (no padding), per channel.
+    """Separable 11x11 Gaussian of (H, W, P) float32 planes (channels last), valid region only (no padding), per
+    plane -> (H - 10, W - 10, P).
 
-    Eleven in-place shifted multiply-adds per axis: float64 depthwise conv2d is 2-3x slower on CPU.
-    """
-    g = _gaussian(str(x.device)).tolist()
-    k, (h, w) = len(g), x.shape[-2:]
-    rows = x[..., 0:h - k + 1, :] * g[0]
-    for i in range(1, k):
-        rows.add_(x[..., i:h - k + 1 + i, :], alpha=g[i])
-    out = rows[..., 0:w - k + 1] * g[0]
-    for i in range(1, k):
-        out.add_(rows[..., i:w - k + 1 + i], alpha=g[i])
-    return out
+    Two depthwise float32 convolutions in channels-last layout, where the CPU kernels vectorise over the planes:
+    measured 5x faster than the NCHW depthwise conv and 8x faster than float64 shifted multiply-adds on LIVE1-size
+    images; 3e-6 from scikit-image's float64 SSIM."""
+    rows, cols = _separable_gaussian(x.shape[-1])
+    x = x[None].permute(0, 3, 1, 2)  # a channels-last NCHW view, no copy
+    out = F.conv2d(F.conv2d(x, rows, groups=x.shape[1]), cols, groups=x.shape[1])
+    return out[0].permute(1, 2, 0)
 
 
-@_image_by_image
-def ssim(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
+# moments are filtered around mid-grey: E[x^2] - E[x]^2 cancels less in float32 on values in [-128, 127]
+_SSIM_SHIFT = 128.0
+
+
+_SSIM_STRIP = 64  # output rows per strip: the strip's buffers stay in cache and are reused, not fresh pages
+
+
+@_per_image
+def ssim(p: torch.Tensor, t: torch.Tensor) -> float:
     """Per-image SSIM, shape (N,): mean over the valid SSIM map, then over channels."""
-    p, t = _prepare(preds, target, channels)
-    if min(p.shape[-2:]) < _SSIM_WIN:
-        raise ValueError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {tuple(p.shape[-2:])}")
-    c1, c2 = (_SSIM_K1 * 255) ** 2, (_SSIM_K2 * 255) ** 2
-    n, c = p.shape[:2]
-    # one filtering pass over the five moments
-    stats = _filter_valid(torch.cat([p, t, p * p, t * t, p * t], dim=1).view(n, 5 * c, *p.shape[-2:]))
-    mu_p, mu_t, pp, tt, pt = stats.view(n, 5, c, *stats.shape[-2:]).unbind(1)
-    mu_pp, mu_tt, mu_pt = mu_p * mu_p, mu_t * mu_t, mu_p * mu_t
-    var_p, var_t, cov = pp - mu_pp, tt - mu_tt, pt - mu_pt
-    smap = ((2 * mu_pt + c1) * (2 * cov + c2)) / ((mu_pp + mu_tt + c1) * (var_p + var_t + c2))
-    return smap.flatten(2).mean(2).mean(1)
+    c, h, w = p.shape
+    if min(h, w) < _SSIM_WIN:
+        raise ValueError(f"SSIM needs images of at least {_SSIM_WIN}x{_SSIM_WIN}, got {(h, w)}")
+    p, t = p.permute(1, 2, 0), t.permute(1, 2, 0)  # (H, W, C): the filter runs channels last
+    total, halo = 0.0, _SSIM_WIN - 1
+    for top in range(0, h - halo, _SSIM_STRIP):
+        bottom = min(top + _SSIM_STRIP + halo, h)
+        total += float(_ssim_map(p[top:bottom], t[top:bottom]).sum(dtype=torch.float64))
+    return total / ((h - halo) * (w - halo) * c)
 
 
-def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
-    """BEF of (N, C, H, W) images in [0, 255] (float64), summed over channels; shape (N,)."""
-    _, _, h, w = img.shape
-    dh = (img[..., :, :-1] - img[..., :, 1:]).square()  # column j vs j+1
-    dv = (img[..., :-1, :] - img[..., 1:, :]).square()
-    cols = torch.arange(block - 1, w - 1, block, device=img.device)
-    rows = torch.arange(block - 1, h - 1, block, device=img.device)
-    boundary = dh[..., cols].sum((1, 2, 3)) + dv[..., rows, :].sum((1, 2, 3))
-    inner = dh.sum((1, 2, 3)) + dv.sum((1, 2, 3)) - boundary
+def _ssim_map(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """SSIM map (valid region) of uint8 (H, W, C) rows -> float32 (H - 10, W - 10, C)."""
+    h, w, c = p.shape
+    c1, c2, s = (_SSIM_K1 * 255) ** 2, (_SSIM_K2 * 255) ** 2, _SSIM_SHIFT
+    # only the sum of the variances enters SSIM, so four filtered moments suffice: E p, E t, E(p^2 + t^2), E pt
+    x = torch.empty(h, w, 4, c)
+    pf = torch.sub(p, s, out=x[:, :, 0])
+    tf = torch.sub(t, s, out=x[:, :, 1])
+    torch.mul(pf, pf, out=x[:, :, 2]).addcmul_(tf, tf)
+    torch.mul(pf, tf, out=x[:, :, 3])
+    mu_p, mu_t, sq, pt = _filter_valid(x.view(h, w, 4 * c)).unflatten(-1, (4, c)).unbind(-2)
+    mu_pt = mu_p * mu_t
+    mu_sq = mu_p.square().addcmul_(mu_t, mu_t)
+    var_sum = sq.sub(mu_sq)
+    cov = pt.sub(mu_pt)
+    # back from the shifted means: (mu_p + s)(mu_t + s) and (mu_p + s)^2 + (mu_t + s)^2
+    mu_sum = mu_p.add(mu_t).mul_(s)
+    num = mu_pt.add_(mu_sum).add_(s * s + c1 / 2).mul_(2)  # 2 mu_p' mu_t' + c1
+    den = mu_sq.add_(mu_sum, alpha=2).add_(2 * s * s + c1)  # mu_p'^2 + mu_t'^2 + c1
+    return num.mul_(cov.mul_(2).add_(c2)).div_(den.mul_(var_sum.add_(c2)))
+
+
+def _bef(y: np.ndarray, block: int = 8) -> float:
+    """Blocking effect factor of one (C, H, W) uint8 image, summed over channels (exact sums)."""
+    _, h, w = y.shape
     n_boundary = h * (w / block - 1) + w * (h / block - 1)
     n_inner = h * (w - 1) + w * (h - 1) - n_boundary
     if n_boundary <= 0 or n_inner <= 0:
-        return torch.zeros(img.shape[0], dtype=img.dtype, device=img.device)
+        return 0.0
+    dh = np.subtract(y[..., :, :-1], y[..., :, 1:], dtype=np.float32)  # column j vs j+1
+    dv = np.subtract(y[..., :-1, :], y[..., 1:, :], dtype=np.float32)  # row i vs i+1
+    boundary = _sum_of_squares(dh[..., block - 1::block]) + _sum_of_squares(dv[..., block - 1::block, :])
+    inner = _sum_of_squares(dh) + _sum_of_squares(dv) - boundary
     d_b, d_bc = boundary / n_boundary, inner / n_inner
     eta = math.log2(block) / math.log2(min(h, w))
-    return torch.where(d_b > d_bc, eta * (d_b - d_bc), torch.zeros_like(d_b))
+    return eta * (d_b - d_bc) if d_b > d_bc else 0.0
 
 
-@_image_by_image
-def psnrb(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
+def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """BEF of (N, C, H, W) integer-valued images in [0, 255], summed over channels; shape (N,) float64."""
+    img = img.detach().cpu().round().to(torch.uint8) if img.is_floating_point() else img.cpu()
+    return torch.tensor([_bef(i.numpy(), block) for i in img], dtype=torch.float64)
+
+
+@_per_image
+def psnrb(p: torch.Tensor, t: torch.Tensor) -> float:
     """Per-image PSNR-B in dB, shape (N,), capped at PSNR_MAX like PSNR. Colour: MSE over RGB, BEF on the Y channel
     of `preds`."""
-    p, t = _prepare(preds, target, channels)
-    bef_input = rgb_to_y(p).round() if p.shape[1] == 3 else p
-    return (10.0 * torch.log10(255.0**2 / (_mse(p, t) + blocking_effect_factor(bef_input)))).clamp(max=PSNR_MAX)
+    bef_input = _y_uint8(p[None])[0] if p.shape[0] == 3 else p
+    mse = _squared_error_sum(p.numpy(), t.numpy()) / p.numel()
+    return _db(mse + _bef(bef_input.numpy()))
 
 
 FUNCTIONAL = {"psnr": psnr, "ssim": ssim, "psnrb": psnrb}
