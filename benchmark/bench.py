@@ -2,8 +2,9 @@
 
 1. corruption throughput: `datamodules.corruptions.apply` vs a bare Pillow encode/decode loop (goal >= 0.9x)
 2. corruption cache: warm re-run vs cold first run of `CorruptionCache` (goal >= 20x)
-3. metrics on a batch: `benchmark.metrics` psnr/ssim/psnrb vs scikit-image, pyiqa and a plain-numpy PSNR-B
-   (goal >= 3x faster, equal values)
+3. metrics on whole LIVE1 images (scikit-image's photos at full size without a data root): `benchmark.metrics`
+   psnr/ssim/psnrb vs scikit-image, pyiqa and a plain-numpy PSNR-B (goal >= 3x faster, equal values)
+3b. a whole `--method jpeg` run at 4 QFs: warm re-run (score cache) vs cold (goal >= 20x, identical rows)
 4. detection mAP: carbench's `DetectionMAP` vs torchmetrics' MeanAveragePrecision, each with pycocotools and (when
    installed) faster_coco_eval, on the same detections (equal numbers required)
 
@@ -22,8 +23,8 @@ import numpy as np
 
 JPEG_QFS = (10, 20)
 CACHE_QFS = (10, 20, 30, 40)
-CROP = 256
 METRIC_QF = 10
+PYIQA_IMAGES = 3
 GOAL_CODEC, GOAL_CACHE, GOAL_METRIC = 0.9, 20.0, 3.0
 
 
@@ -116,24 +117,26 @@ def bench_cache(records, repeat: int) -> None:
 
 
 # ---- 3. metrics vs references ----------------------------------------------------------------------------------
-def make_pairs(records, n: int, crop: int = CROP, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """n same-size (preds, target) uint8 pairs (n, crop, crop, 3): random crops of the colour samples (cycled) and
-    their JPEG QF10 (4:2:0) versions."""
+def full_size_set(n: int):
+    """(label, records): up to n LIVE1 images (~0.36 MP, the size the tables are measured at) where a data root has
+    them, else scikit-image's colour photos at full size. Crops would hide the gaps that real sizes show."""
+    from datamodules.sources import DatasetError, load_samples, resolve_dataset
+
+    try:
+        records = [r for r in resolve_dataset("live1") if not r.is_gray][:n]
+        if records:
+            return "live1", records
+    except DatasetError:
+        pass
+    records = [r for r in load_samples() if not r.is_gray and min(r.pixels.shape[:2]) >= 64][:n]
+    return "samples", records
+
+
+def make_pairs(records) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(JPEG QF10 4:2:0, clean) uint8 HxWx3 pairs of whole images."""
     from datamodules.corruptions import Corruption, apply
 
-    colour = [r.pixels for r in records if r.pixels.ndim == 3 and min(r.pixels.shape[:2]) >= crop]
-    if not colour:
-        raise RuntimeError(f"no colour sample image of at least {crop}x{crop}")
-    rng = np.random.default_rng(seed)
-    targets, preds = [], []
-    for i in range(n):
-        img = colour[i % len(colour)]
-        y = int(rng.integers(0, img.shape[0] - crop + 1))
-        x = int(rng.integers(0, img.shape[1] - crop + 1))
-        t = np.ascontiguousarray(img[y:y + crop, x:x + crop])
-        targets.append(t)
-        preds.append(apply(t, Corruption("jpeg", (METRIC_QF,)))[0])
-    return np.stack(preds), np.stack(targets)
+    return [(apply(r.pixels, Corruption("jpeg", (METRIC_QF,)))[0], r.pixels) for r in records]
 
 
 def _y_matlab(rgb: np.ndarray) -> np.ndarray:
@@ -171,68 +174,104 @@ def _load_pyiqa():
         return f"{type(e).__name__}: {e}"
 
 
-def bench_metrics(records, n: int, repeat: int) -> None:
+def bench_metrics(label: str, records, repeat: int) -> None:
     import torch
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from benchmark import metrics
 
-    preds_np, target_np = make_pairs(records, n)
-    # each implementation gets its natural input, prepared outside the timing
-    preds_t = torch.from_numpy(preds_np).permute(0, 3, 1, 2).contiguous()  # uint8 (N, 3, H, W)
-    target_t = torch.from_numpy(target_np).permute(0, 3, 1, 2).contiguous()
-    preds_f, target_f = preds_t.float() / 255.0, target_t.float() / 255.0  # pyiqa: float in [0, 1]
-
+    pairs = make_pairs(records)
+    # each implementation gets its natural input, prepared outside the timing: HxWx3 arrays for the references,
+    # (1, 3, H, W) uint8 tensors (views of the same memory, as carbench's loaders make them) for ours
+    tensors = [tuple(torch.from_numpy(np.array(a)).permute(2, 0, 1)[None] for a in pair) for pair in pairs]
     pyiqa_metrics = _load_pyiqa()
 
-    def sk_psnr():
-        return np.array([peak_signal_noise_ratio(t, p, data_range=255) for p, t in zip(preds_np, target_np)])
+    def sk_psnr(ix):
+        return np.array([peak_signal_noise_ratio(pairs[i][1], pairs[i][0], data_range=255) for i in ix])
 
-    def sk_ssim():
-        return np.array([structural_similarity(t, p, channel_axis=2, gaussian_weights=True, sigma=1.5,
-                                               use_sample_covariance=False, data_range=255)
-                         for p, t in zip(preds_np, target_np)])
+    def sk_ssim(ix):
+        return np.array([structural_similarity(pairs[i][1], pairs[i][0], channel_axis=2, gaussian_weights=True,
+                                               sigma=1.5, use_sample_covariance=False, data_range=255) for i in ix])
 
-    def np_psnrb():
-        return np.array([psnrb_numpy(p, t) for p, t in zip(preds_np, target_np)])
+    def np_psnrb(ix):
+        return np.array([psnrb_numpy(*pairs[i]) for i in ix])
 
     def pyiqa_fn(name):
-        def fn():
+        def fn(ix):
             with torch.no_grad():
-                return pyiqa_metrics[name](preds_f, target_f).flatten().double().numpy()
+                return np.array([float(pyiqa_metrics[name](tensors[i][0].float() / 255, tensors[i][1].float() / 255))
+                                 for i in ix])
         return fn
 
+    every, few = range(len(pairs)), range(min(PYIQA_IMAGES, len(pairs)))  # pyiqa's SSIM takes seconds per image
     refs = {
-        "psnr": [("scikit-image", sk_psnr)],
-        "ssim": [("scikit-image", sk_ssim)],
-        "psnrb": [("numpy loop", np_psnrb)],
+        "psnr": [("scikit-image", sk_psnr, every)],
+        "ssim": [("scikit-image", sk_ssim, every)],
+        "psnrb": [("numpy loop", np_psnrb, every)],
     }
     if isinstance(pyiqa_metrics, dict):
-        refs["psnr"].append(("pyiqa", pyiqa_fn("psnr")))
-        refs["ssim"].append(("pyiqa", pyiqa_fn("ssim")))
-
-    print(f"\n[3] metrics on a batch of {n} {CROP}x{CROP} RGB pairs (JPEG QF{METRIC_QF} vs clean), per-image values")
+        refs["psnr"].append(("pyiqa", pyiqa_fn("psnr"), few))
+        refs["ssim"].append(("pyiqa", pyiqa_fn("ssim"), few))
+    mp = np.mean([t.shape[0] * t.shape[1] for _, t in pairs]) / 1e6
+    print(f"\n[3] metrics on {len(pairs)} whole {label} images ({mp:.2f} MP mean, RGB; JPEG QF{METRIC_QF} vs clean), "
+          f"per-image values, time per image (pyiqa: the first {len(few)})")
     if not isinstance(pyiqa_metrics, dict):
         print(f"    pyiqa skipped: {pyiqa_metrics}")
     print(f"    {'metric':<7}{'reference':<14}{'ours':>12}{'reference':>12}{'ref/ours':>10}"
           f"{'|d mean|':>11}{'max |d|':>10}  goal >= {GOAL_METRIC:.0f}x")
     for name, fn in metrics.FUNCTIONAL.items():
-        def ours(fn=fn):
+        def ours(ix, fn=fn):
             with torch.no_grad():
-                return fn(preds_t, target_t, channels="rgb").numpy()
+                return np.array([float(fn(*tensors[i], channels="rgb")) for i in ix])
 
-        ours()  # warm-up (window cache, first-call allocations)
-        t_ours, v_ours = _best_of(ours, repeat)
-        for ref_name, ref_fn in refs[name]:
-            if repeat < 2:  # with >= 2 repeats best-of already discards the cold first call
-                ref_fn()
-            t_ref, v_ref = _best_of(ref_fn, repeat)
+        for ref_name, ref_fn, ix in refs[name]:
+            ours(ix[:1]), ref_fn(ix[:1])  # warm-up (tables, first-call allocations), then interleaved best-of
+            t_ours = t_ref = math.inf
+            for _ in range(max(1, repeat)):
+                t, v_ours = _best_of(lambda: ours(ix), 1)
+                t_ours = min(t_ours, t)
+                t, v_ref = _best_of(lambda: ref_fn(ix), 1)
+                t_ref = min(t_ref, t)
             ratio = t_ref / t_ours
             d_mean = abs(float(np.mean(v_ours)) - float(np.mean(v_ref)))
             d_max = float(np.max(np.abs(np.asarray(v_ours, dtype=np.float64) - v_ref)))
-            print(f"    {name:<7}{ref_name:<14}{_ms(t_ours):>12}{_ms(t_ref):>12}{ratio:>9.1f}x"
-                  f"{d_mean:>11.2e}{d_max:>10.2e}  {_verdict(ratio, GOAL_METRIC)}")
+            print(f"    {name:<7}{ref_name:<14}{_ms(t_ours / len(ix)):>12}{_ms(t_ref / len(ix)):>12}"
+                  f"{ratio:>9.1f}x{d_mean:>11.2e}{d_max:>10.2e}  {_verdict(ratio, GOAL_METRIC)}")
+        v_ours = ours(every)
         print(f"    {'':<7}{'(mean ours)':<14}{float(np.mean(v_ours)):>12.4f}")
+
+
+# ---- 3b. a whole reference run: cold vs warm (corruption and score caches) --------------------------------------
+def bench_reference_run(label: str, records, repeat: int) -> None:
+    """`benchmark run --method jpeg --qf 10,20,30,40` in-process: a cold run (empty cache: encode, decode, score)
+    against a warm re-run (the score cache serves the reference rows)."""
+    from unittest import mock
+
+    from datamodules.corruptions import Corruption
+
+    from . import runner
+
+    corruptions = [Corruption("jpeg", (q,)) for q in CACHE_QFS]
+    t_cold = t_warm = math.inf
+    cold = warm = None
+    with mock.patch("datamodules.fidelity.resolve_dataset", lambda *a, **k: list(records)):
+        for _ in range(max(1, repeat)):
+            with tempfile.TemporaryDirectory(prefix="carbench-bench-") as tmp:
+                req = runner.FidelityRequest(methods=[], corruptions=corruptions, datasets=[label], cache_dir=tmp,
+                                             progress=False)
+                t, cold = _best_of(lambda: runner.run_fidelity(req)[0], 1)
+                t_cold = min(t_cold, t)
+                t, warm = _best_of(lambda: runner.run_fidelity(req)[0], repeat)
+                t_warm = min(t_warm, t)
+    fields = ("psnr", "ssim", "psnrb", "bpp", "n_images")
+    same = [tuple(r[k] for k in fields) for r in cold] == [tuple(r[k] for k in fields) for r in warm]
+    speedup = t_cold / t_warm
+    print(f"\n[3b] reference run (`--method jpeg --qf {','.join(map(str, CACHE_QFS))}`) on {len(records)} {label} "
+          f"images, in-process")
+    print(f"    {'cold (empty cache)':<30}{_ms(t_cold)}")
+    print(f"    {'warm (re-run)':<30}{_ms(t_warm)}")
+    print(f"    speed-up cold/warm = {speedup:.1f}x   (goal >= {GOAL_CACHE:.0f}x: {_verdict(speedup, GOAL_CACHE)});"
+          f" identical rows: {'yes' if same else 'NO'}")
 
 
 # ---- entry point -----------------------------------------------------------------------------------------------
@@ -293,22 +332,22 @@ def main(args) -> int:
     import torch
 
     from datamodules.corruptions import codec_versions
-    from datamodules.sources import load_samples
 
     n_images = max(1, int(getattr(args, "images", 6)))
     repeat = max(1, int(getattr(args, "repeat", 3)))
     t0 = time.perf_counter()
-    samples = load_samples()
-    records = samples[:min(n_images, len(samples))]  # distinct images only: repeats would hit the cache when cold
+    label, full = full_size_set(int(getattr(args, "full_images", 29)))
+    records = full[:n_images]  # distinct images only: repeats would hit the cache when cold
     v = codec_versions()
     jpeg = f"libjpeg-turbo {v['libjpeg_turbo']}" if v.get("libjpeg_turbo") else f"libjpeg {v['libjpeg']}"
     print(f"carbench bench: torch {torch.__version__} ({torch.get_num_threads()} threads), Pillow {v['pillow']} "
           f"({jpeg}, libjpeg API {v['libjpeg']}); best of {repeat}")
-    print(f"images: {', '.join(r.name for r in records)} (benches 1-2); {n_images} crops (bench 3)")
+    print(f"images ({label}, whole): {', '.join(r.name for r in records)} (benches 1-2); {len(full)} in benches 3-3b")
 
     bench_corruption(records, repeat)
     bench_cache(records, repeat)
-    bench_metrics(samples, n_images, repeat)
+    bench_metrics(label, full, repeat)
+    bench_reference_run(label, full, repeat)
     bench_map(int(getattr(args, "map_images", 500)), repeat)
     print(f"\ntotal {time.perf_counter() - t0:.1f} s")
     return 0

@@ -87,7 +87,8 @@ def cmd_run(args) -> int:
                           devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet,
                           qf_override=args.qf_override)
     t0 = time.time()
-    rows, failures = run_fidelity(req)
+    profile: dict = {}
+    rows, failures = run_fidelity(req, profile)
     rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
     path = None
     if rows:  # written before anything else can go wrong: measured rows are never lost
@@ -107,7 +108,11 @@ def cmd_run(args) -> int:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
     for msg in bad_rows:
         print(f"FAILED, not written: {msg}", file=sys.stderr)
-    print(f"done in {time.time() - t0:.1f} s")
+    total = time.time() - t0
+    cached = profile["cached_reference_jobs"]
+    print(f"done in {total:.1f} s (model forwards {profile['forward_seconds']:.1f} s, "
+          f"{100 * profile['forward_seconds'] / max(total, 1e-9):.0f} %"
+          + (f"; {cached} reference job(s) read from the score cache" if cached else "") + ")")
     return EXIT_FAILED if failures or bad_rows else 0
 
 
@@ -596,7 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     b = sub.add_parser("bench", help="throughput benchmarks (prints ratios measured in one run)")
-    b.add_argument("--images", type=int, default=6)
+    b.add_argument("--images", type=int, default=6, help="scikit-image photos in the codec and cache benchmarks")
+    b.add_argument("--full-images", type=int, default=29,
+                   help="whole LIVE1 images (scikit-image photos at full size without a data root) in the metric "
+                        "and reference-run benchmarks")
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--map-images", type=int, default=500, help="images in the detection mAP benchmark")
     b.set_defaults(func=cmd_bench)

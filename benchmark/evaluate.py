@@ -2,6 +2,8 @@
 corruption (one test dataloader each). Per-image means, exact under DDP (images are deduplicated by index)."""
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 from torch import nn
@@ -23,10 +25,14 @@ class FidelityEvaluator(L.LightningModule):
             for _ in range(n_corruptions))
         self.bpp = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))
         self.results: list[dict] = []
+        self.per_image: list[dict[str, torch.Tensor]] = []  # per corruption: {metric: values in image order}
+        self.forward_seconds = 0.0  # time inside the restorer: the rest of a job is overhead
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         corrupted, clean, meta = batch
+        t0 = time.perf_counter()
         restored = self.restorer.restore(corrupted.float() / 255.0)
+        self.forward_seconds += time.perf_counter() - t0
         name = meta["name"][0] if isinstance(meta["name"], (list, tuple)) else meta["name"]
         if restored.shape != corrupted.shape:  # never score a cropped/resized/channel-changed output
             raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} returned shape "
@@ -41,11 +47,12 @@ class FidelityEvaluator(L.LightningModule):
         self.bpp[dataloader_idx].update(meta["bpp"].double(), ids=meta["index"])
 
     def on_test_epoch_end(self) -> None:
-        self.results = []
+        self.results, self.per_image = [], []
         for scores, bpp in zip(self.scores, self.bpp):
             values = {k: float(v) for k, v in scores.compute().items()}
             values["n_images"] = scores["psnr"].n_images()
             values["bpp"] = float(bpp.compute())
             self.results.append(values)
+            self.per_image.append({k: m.per_image()[1] for k, m in [*scores.items(), ("bpp", bpp)]})
             scores.reset()
             bpp.reset()

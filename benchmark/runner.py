@@ -23,6 +23,7 @@ from lightning_modules.registry import MethodError
 
 from . import leaderboard, published
 from .evaluate import FidelityEvaluator
+from .score_cache import ReferenceScores
 
 REFERENCE_METHOD = "jpeg"
 
@@ -84,12 +85,18 @@ def progress_bar(enabled: bool = True) -> list:
     return [StderrTQDMProgressBar(refresh_rate=1)] if enabled else []
 
 
-def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
+def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[list[dict], list[JobFailure]]:
+    """Rows and failures; `profile` (a dict) receives seconds spent in model forwards and the reference jobs served
+    from the score cache."""
     quiet_lightning()
     methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
     cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
+    reference_scores = ReferenceScores(cache, req.channels)
+    single_process = str(req.devices) in ("1", "auto") and req.strategy in ("auto", "single_device")
     versions = codec_versions()
     rows, failures = [], []
+    profile = {} if profile is None else profile
+    profile.update(forward_seconds=0.0, cached_reference_jobs=0)
     for dataset in req.datasets:
         dm = EvalDataModule(dataset, req.corruptions, req.data_root, cache)
         try:
@@ -108,6 +115,12 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
                 restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
                 if req.qf_override is not None and not is_ref:
                     set_qf_override(restorer, req.qf_override)
+                cached = reference_scores.results(dm.records, req.corruptions) if is_ref and single_process else None
+                if cached is not None:  # the reference scores the corruption itself: nothing to recompute
+                    profile["cached_reference_jobs"] += 1
+                    for c, res in zip(req.corruptions, cached):
+                        rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
+                    continue
                 evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -118,6 +131,9 @@ def run_fidelity(req: FidelityRequest) -> tuple[list[dict], list[JobFailure]]:
                 continue
             if trainer.global_rank != 0:
                 continue
+            profile["forward_seconds"] += evaluator.forward_seconds
+            if is_ref and single_process:
+                reference_scores.store(dm.records, req.corruptions, evaluator.per_image)
             seconds = time.time() - t0
             for c, res in zip(req.corruptions, evaluator.results):
                 rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))

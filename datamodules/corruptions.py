@@ -181,7 +181,8 @@ class CorruptionCache:
         self.root = Path(root) if root else default_cache_dir() / "corruptions"
         self.enabled = enabled
 
-    def _paths(self, digest: str, corruption: Corruption) -> tuple[Path, Path]:
+    def paths(self, digest: str, corruption: Corruption) -> tuple[Path, Path]:
+        """(decoded pixels, encoded stream) of one image under one corruption."""
         d = self.root / digest[:2] / digest
         ext = "jpg" if corruption.codec == "jpeg" else "avif"
         return d / f"{corruption.file_key}.u8", d / f"{corruption.file_key}.{ext}"
@@ -191,7 +192,7 @@ class CorruptionCache:
         if not self.enabled:
             out, data = apply(pixels, corruption, digest)
             return out, len(data)
-        raw, stream = self._paths(digest, corruption)
+        raw, stream = self.paths(digest, corruption)
         try:
             out = np.fromfile(raw, dtype=np.uint8)
             if out.size == pixels.size:  # else a foreign or damaged file: recompute it
@@ -200,12 +201,13 @@ class CorruptionCache:
             pass
         out, data = apply(pixels, corruption, digest)
         raw.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(stream, data)  # the stream first: a present .u8 implies its stream is there
-        _atomic_write(raw, np.ascontiguousarray(out).tobytes())
+        atomic_write(stream, data)  # the stream first: a present .u8 implies its stream is there
+        atomic_write(raw, np.ascontiguousarray(out).tobytes())
         return out, len(data)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename into place: readers never see half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

@@ -184,8 +184,8 @@ def test_a_row_the_board_refuses_is_named_and_the_others_are_written(tmp_path, c
 
     real = runner.run_fidelity
 
-    def one_bad_row(req):
-        rows, failures = real(req)
+    def one_bad_row(req, profile=None):
+        rows, failures = real(req, profile)
         return [{**r, "psnr": float("nan")} if r["qf"] == "10" else r for r in rows], failures
 
     monkeypatch.setattr(runner, "run_fidelity", one_bad_row)
@@ -222,7 +222,7 @@ def test_an_image_under_the_ssim_window_is_skipped_not_fatal(tmp_path, capsys, r
 def test_dry_run_lists_the_jobs_and_evaluates_nothing(tmp_path, capsys, monkeypatch):
     from benchmark import runner, task_runner
 
-    def boom(req):
+    def boom(*args, **kwargs):
         raise AssertionError("--dry-run evaluated")
 
     monkeypatch.setattr(runner, "run_fidelity", boom)

@@ -121,6 +121,7 @@ def test_progress_bars_go_to_stderr_and_the_table_to_stdout(tmp_path, capsys):
     assert main([*args, "--quiet"]) == 0
     out, err = capsys.readouterr()
     assert not _has_bar(out) and not _has_bar(err) and "rows -> " in out
-    assert main(args) == 0
+    fresh = [a if a != "10" else "20" for a in args]  # QF 10's reference scores are cached now: nothing to show
+    assert main(fresh) == 0
     out, err = capsys.readouterr()
     assert not _has_bar(out) and _has_bar(err)

@@ -1,0 +1,63 @@
+"""Scores that cannot change, cached beside the corruption they score.
+
+The `jpeg` reference row scores the decoded corruption itself: its per-image PSNR / SSIM / PSNR-B and bpp are a
+function of (image content, corruption key, channels, metric kernels) only. They are stored next to the cached
+pixels (`<digest>/<corruption>.scores-<channels>-v<METRICS_VERSION>.json`), so a re-run reads 4 numbers per image
+instead of decoding and scoring; `METRICS_VERSION` changes whenever a kernel's values change, which orphans the old
+entries instead of serving them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from datamodules.corruptions import Corruption, CorruptionCache, atomic_write
+
+from .metrics import METRICS_VERSION
+
+FIELDS = ("psnr", "ssim", "psnrb", "bpp")
+
+
+class ReferenceScores:
+    """Per-image reference scores on disk, keyed by (image digest, corruption key, channels, metric version)."""
+
+    def __init__(self, cache: CorruptionCache, channels: str):
+        self.cache, self.channels = cache, channels
+
+    def _path(self, digest: str, corruption: Corruption) -> Path:
+        raw, _ = self.cache.paths(digest, corruption)
+        return raw.with_name(f"{corruption.file_key}.scores-{self.channels}-v{METRICS_VERSION}.json")
+
+    def results(self, records, corruptions: list[Corruption]) -> list[dict] | None:
+        """The evaluator's `results` (one dict per corruption) when every image is cached, else None."""
+        if not self.cache.enabled:
+            return None
+        results = []
+        for c in corruptions:
+            per_image = []
+            for r in records:
+                try:
+                    per_image.append(json.loads(self._path(r.digest, c).read_text()))
+                except (OSError, ValueError):  # absent, or a damaged entry: score it again
+                    return None
+            if any(set(FIELDS) - set(v) for v in per_image):
+                return None
+            # the metrics' own reduction: float64 per-image values in image order, then the mean
+            res = {k: float(torch.tensor([v[k] for v in per_image], dtype=torch.float64).mean()) for k in FIELDS}
+            res["n_images"] = len(per_image)
+            results.append(res)
+        return results
+
+    def store(self, records, corruptions: list[Corruption], per_image: list[dict[str, torch.Tensor]]) -> None:
+        """Write each image's scores (per corruption: {field: values in image order})."""
+        if not self.cache.enabled:
+            return
+        for c, values in zip(corruptions, per_image):
+            if any(len(values[k]) != len(records) for k in FIELDS):
+                continue  # a partial set (e.g. one DDP rank's share) is never cached
+            for i, r in enumerate(records):
+                path = self._path(r.digest, c)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(path, json.dumps({k: float(values[k][i]) for k in FIELDS}).encode())
