@@ -61,3 +61,63 @@ class ReferenceScores:
                 path = self._path(r.digest, c)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write(path, json.dumps({k: float(values[k][i]) for k in FIELDS}).encode())
+
+
+def items_digest(dataset) -> str:
+    """Content digest of a task set's clean items (images and targets), whatever produced them (procedural scenes,
+    decoded photos): what the `clean`/`direct` results of a fixed task model depend on."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=16)
+    for i in range(len(dataset)):
+        item = dataset[i]
+        for part in item[:2] if isinstance(item, tuple) else (item,):
+            _update(h, part, np)
+    return h.hexdigest()
+
+
+def _update(h, part, np) -> None:
+    if isinstance(part, torch.Tensor):
+        part = part.detach().cpu().numpy()
+    if isinstance(part, np.ndarray):
+        h.update(f"{part.dtype}{part.shape}".encode())
+        h.update(np.ascontiguousarray(part).tobytes())
+    elif isinstance(part, dict):
+        for k in sorted(part):
+            h.update(str(k).encode())
+            _update(h, part[k], np)
+    else:
+        h.update(repr(part).encode())
+
+
+class TaskReferenceResults:
+    """`clean` and `direct` task results (no method in the loop) on disk, one JSON per (task, task model and its
+    weights, content of the clean items, corruption key, metric version): a warm re-run skips the direct job."""
+
+    def __init__(self, cache: CorruptionCache, task: str, model: str, weights: str, items: str):
+        import hashlib
+
+        self.enabled = cache.enabled
+        ident = json.dumps([task, model, weights, items, METRICS_VERSION])
+        self.folder = cache.root.parent / "task-scores" / hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()
+
+    def _path(self, corruption: Corruption | None) -> Path:
+        return self.folder / f"{'clean' if corruption is None else corruption.file_key}.json"
+
+    def results(self, corruptions: list[Corruption | None]) -> list[dict] | None:
+        if not self.enabled:
+            return None
+        try:
+            return [json.loads(self._path(c).read_text()) for c in corruptions]
+        except (OSError, ValueError):
+            return None
+
+    def store(self, corruptions: list[Corruption | None], results: list[dict]) -> None:
+        if not self.enabled:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for c, res in zip(corruptions, results):
+            atomic_write(self._path(c), json.dumps({k: (float(v) if isinstance(v, float) else v)
+                                                    for k, v in res.items()}).encode())

@@ -56,3 +56,25 @@ def test_a_new_metric_version_or_a_damaged_entry_is_scored_again(records, tmp_pa
     _run(records, tmp_path, profile)  # re-scored and re-stored
     assert profile["cached_reference_jobs"] == 0 and cache.results(records, corruptions) is not None
     assert ReferenceScores(CorruptionCache(tmp_path, enabled=False), "rgb").results(records, corruptions) is None
+
+
+def test_clean_and_direct_task_rows_are_served_from_the_cache_with_identical_values(tmp_path):
+    from benchmark import task_runner
+
+    def run(tmp, **kw):
+        req = task_runner.TaskRequest(tasks=["classification", "segmentation"], methods=["jpeg"],
+                                      corruptions=[Corruption("jpeg", (10,))], n_images=8, batch_size=8,
+                                      cache_dir=str(tmp), progress=False, **kw)
+        rows, failures = task_runner.run_tasks(req)
+        assert not failures
+        return {t: [(r["method"], r["codec"], r["qf"], r["metric"], r["value"], r["n_images"]) for r in rs]
+                for t, rs in rows.items()}
+
+    cold = run(tmp_path)
+    assert {m for rs in cold.values() for m, *_ in rs} == {"clean", "direct"}
+    with mock.patch("benchmark.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran the direct job")):
+        assert run(tmp_path) == cold
+    # other scenes (another seed) are other content: scored, not served
+    with pytest.raises(AssertionError):
+        with mock.patch("benchmark.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran")):
+            run(tmp_path, seed=1)
