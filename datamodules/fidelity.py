@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .corruptions import Corruption, CorruptionCache, apply
-from .sources import (SAMPLE_TRAIN_IMAGES, DatasetError, ImageRecord, LoadReport, load_folder, load_samples,
+from datamodules.corruptions import Corruption, CorruptionCache, apply
+from datamodules.sources import (SAMPLE_TRAIN_IMAGES, SCORABLE_MIN_SIDE, DatasetError, ImageRecord, LoadReport,
+                                 load_folder, load_samples,
                       as_y, dataset_label, resolve_dataset)
 
 
@@ -53,9 +54,7 @@ class EvalDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.records is None:
-            from benchmark.metrics import MIN_SIDE  # what the metrics can score: smaller files are skipped, counted
-
-            self.records = resolve_dataset(self.dataset, self.data_root, self.report, MIN_SIDE)
+            self.records = resolve_dataset(self.dataset, self.data_root, self.report, SCORABLE_MIN_SIDE)
             self.label = dataset_label(self.dataset)  # what rows record: a folder by name and content, not path
 
     def test_dataloader(self):

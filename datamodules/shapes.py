@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .sources import SAMPLE_IMAGES, SAMPLE_TRAIN_IMAGES, load_samples
+from datamodules.sources import SAMPLE_IMAGES, SAMPLE_TRAIN_IMAGES, load_samples
 
 CLASSES = ("hstreaks", "vstreaks", "speckle", "blotch")
 SPLITS = {"train": 0, "val": 1, "test": 2}

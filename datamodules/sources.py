@@ -5,6 +5,8 @@ converted with a warning; everything else is refused with an error naming the fi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hashlib
 import os
 import warnings
@@ -15,7 +17,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff"}
+if TYPE_CHECKING:
+    import torch
+
 MIN_SIDE = 8  # one JPEG block
+SCORABLE_MIN_SIDE = 11  # SSIM's 11x11 valid window (benchmark.metrics): the smallest image every metric can score
 
 # name -> folder under the data root (the layout of ../shared/data/test)
 NAMED_DATASETS = {
@@ -174,10 +180,14 @@ def default_data_root() -> Path | None:
     return guess if guess.is_dir() else None
 
 
+def rgb_to_y(img: torch.Tensor) -> torch.Tensor:
+    """MATLAB rgb2ycbcr luma for RGB in [0, 255] (..., 3, H, W) -> (..., 1, H, W) in [16, 235], unrounded."""
+    r, g, b = img.unbind(-3)
+    return ((65.481 * r + 128.553 * g + 24.966 * b) / 255.0 + 16.0).unsqueeze(-3)
+
+
 def to_y(pixels: np.ndarray) -> np.ndarray:
     """MATLAB rgb2ycbcr luma of a uint8 RGB image, rounded to uint8 (16..235), as the field's gray tables use."""
-    from benchmark.metrics import rgb_to_y  # one definition of the conversion
-
     import torch
 
     y = rgb_to_y(torch.from_numpy(pixels.astype(np.float64)).permute(2, 0, 1))

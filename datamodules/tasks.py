@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .corruptions import Corruption, CorruptionCache, apply
-from .fidelity import to_tensor
-from .shapes import generate_scene
-from .sources import ImageRecord
+from datamodules.corruptions import Corruption, CorruptionCache, apply
+from datamodules.fidelity import to_tensor
+from datamodules.shapes import generate_scene
+from datamodules.sources import ImageRecord
 
 TASKS = ("classification", "detection", "segmentation")
 

@@ -41,6 +41,11 @@ class MethodEntry:
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
+# the built-in families: one module each, loaded on first use like the entry-point plugins (by name: the registry
+# imports no family, so the families' `register` imports make no circle)
+BUILTIN_MODULES = tuple(f"lightning_modules.restorers.{m}" for m in (
+    "arcnn", "dagn", "dcsc", "dncnn", "dualpriors", "fbcnn", "identity", "jarcal", "n2n_unet", "urie")) + (
+    "lightning_modules.dedrifters.afd",)
 _plugins_loaded = False
 _EXTERNAL: dict[str, str] = {}  # `file.py:Class` spec -> registered name
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -61,7 +66,10 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    from . import afd, arcnn, dagn, dcsc, dncnn, dualpriors, fbcnn, identity, jarcal, n2n_unet, urie  # noqa: F401  (built-ins register on import)
+    import importlib
+
+    for module in BUILTIN_MODULES:  # built-ins register on import, found by name as plugins are
+        importlib.import_module(module)
 
     for ep in metadata.entry_points(group="carbench.methods"):
         try:
@@ -251,7 +259,7 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     file (the preset's foreign-format loader reads files that are not PyTorch checkpoints).
     pretrained=False -> random initialisation (training from scratch).
     """
-    from .restorer import RestorerModule
+    from lightning_modules.restorers.base import RestorerModule
 
     entry, preset_name, preset = resolve_preset(name, preset)
     # a carbench checkpoint says how its network was built (e.g. a de-drifter trained at another depth)

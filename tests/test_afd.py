@@ -10,7 +10,7 @@ import torch
 from scipy.fft import dctn
 
 from lightning_modules import create
-from lightning_modules.afd import (
+from lightning_modules.dedrifters.afd import (
     AFDNet,
     DeDrifted,
     DegradationPrior,
@@ -107,7 +107,7 @@ def test_paper_preset_size_and_flops_against_resnet50():
     """Table VII: 0.11 M parameters (deploy form, the module's own) and 0.36 GFLOPs next to ResNet-50's 4.12."""
     import torchvision
 
-    from benchmark.efficiency import count_flops
+    from benchmark.evaluate.efficiency import count_flops
 
     module = create("afd.paper", pretrained=False)
     module.net.reparameterize()
@@ -218,7 +218,7 @@ def test_paper_recipe_trains_on_a_resnet50_weight_file(tmp_path):
     import torchvision
     from PIL import Image
 
-    from benchmark.train import train
+    from benchmark.cli.train import train
 
     weights = tmp_path / "resnet50-0676ba61.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), weights)
@@ -241,7 +241,7 @@ def test_paper_recipe_trains_on_a_resnet50_weight_file(tmp_path):
 
 
 def test_fine_tuning_needs_labels_for_a_real_classifier(tmp_path):
-    from benchmark.train import _plugin_data
+    from benchmark.cli.train import _plugin_data
 
     with pytest.raises(ValueError, match="needs labelled images"):
         _plugin_data("classifier", "resnet50", str(tmp_path), {"qf_set": (10,), "steps": 1, "batch_size": 1,
@@ -280,7 +280,7 @@ def test_paper_classification_rows_are_the_published_numbers(tmp_path):
 def test_runner_scores_a_dedrifter_inside_the_classifier(tmp_path):
     """An identity de-drifter (its shipped zero-initialised output) must reproduce `direct` and `clean` exactly;
     a feature method on a detection task fails its own job, named, and the rest of the run goes on."""
-    from benchmark.task_runner import TaskRequest, run_tasks
+    from benchmark.evaluate.tasks import TaskRequest, run_tasks
     from datamodules.corruptions import Corruption
 
     identity = tmp_path / "afd_identity.pt"
@@ -298,7 +298,7 @@ def test_runner_scores_a_dedrifter_inside_the_classifier(tmp_path):
 
 
 def test_efficiency_rows_of_a_plugin():
-    from benchmark.efficiency import measure_forms
+    from benchmark.evaluate.efficiency import measure_forms
 
     rows = measure_forms("afd.compact", repeat=1)
     by = {(r["method"], r["form"]): r for r in rows}
@@ -315,7 +315,7 @@ def test_efficiency_rows_of_a_plugin():
 
 
 def test_compare_keeps_feature_methods_off_the_fidelity_board():
-    from benchmark.cli import baseline_methods
+    from benchmark.cli.common import baseline_methods
 
     restorers, plugins = baseline_methods([]), baseline_methods([], restorers=False)
     assert {"dncnn", "dagn"} <= set(restorers) and not {"afd", "degradation_prior", "jpeg_finetune"} & set(restorers)

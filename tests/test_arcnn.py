@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.runner import FidelityRequest, run_fidelity
+from benchmark.evaluate.fidelity import FidelityRequest, run_fidelity
 from datamodules.corruptions import Corruption
-from lightning_modules.arcnn import ARCNN, LAYERS, load_arcnn_csv
+from lightning_modules.restorers.arcnn import ARCNN, LAYERS, load_arcnn_csv
 from lightning_modules.registry import MethodError, create
 
 from .conftest import SHARED, TEST_DATA, need_shared

@@ -6,8 +6,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from benchmark import leaderboard
-from benchmark.check import compare, format_findings, load_tolerances, run_check
+from benchmark.boards import leaderboard
+from benchmark.boards.check import compare, format_findings, load_tolerances
+from benchmark.cli.check import run_check
 
 
 def _row(**kw):

@@ -8,20 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.classification import (
-    ClassificationSet,
-    TopKAccuracy,
-    cub200,
-    flowers102,
-    imagenet_c_corruption,
-    imagenet_c_jpeg,
-    imagenet_flat,
-    imagenet_folders,
-    load_rgb,
-    resize_center_crop,
-)
+from datamodules.classification import ClassificationSet, cub200, flowers102, imagenet_c_corruption, imagenet_c_jpeg, imagenet_flat, imagenet_folders, load_rgb, resize_center_crop
+from benchmark.metrics.classification import TopKAccuracy
 from datamodules.sources import DatasetError
-from lightning_modules.classifier import (
+from lightning_modules.task_models.classifier import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ClassifierError,

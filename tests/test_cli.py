@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
-from benchmark import leaderboard
+from benchmark.boards import leaderboard
 from benchmark.cli import main
 
 
@@ -126,7 +126,7 @@ def test_embedded_default_dncnn_beats_jpeg(tmp_path, capsys):
 
 
 def test_paper_column_lookup_for_methods_the_papers_lack():
-    from benchmark import published
+    from benchmark.boards import published
 
     # live1 rgb is a mapped dataset, but no reference table reports DnCNN on it: no value, no crash
     assert published.fidelity_value("dncnn", "live1", "rgb", "jpeg", "10", "psnr") is None
@@ -136,7 +136,7 @@ def test_paper_column_lookup_for_methods_the_papers_lack():
 
 
 def test_named_qf_lists():
-    from benchmark.cli import parse_corruptions
+    from benchmark.cli.common import parse_corruptions
 
     assert [c.qf_label for c in parse_corruptions("unseen", "jpeg", None, 0, "420")] == ["15", "25", "35", "45"]
     assert [c.qf_label for c in parse_corruptions(" seen", "jpeg", None, 0, "420")] == ["10", "20", "30", "40"]
@@ -180,7 +180,7 @@ def test_a_flat_image_no_longer_loses_the_whole_run(tmp_path, capsys, rng):
 
 
 def test_a_row_the_board_refuses_is_named_and_the_others_are_written(tmp_path, capsys, monkeypatch):
-    from benchmark import runner
+    from benchmark.evaluate import fidelity as runner
 
     real = runner.run_fidelity
 
@@ -220,7 +220,7 @@ def test_an_image_under_the_ssim_window_is_skipped_not_fatal(tmp_path, capsys, r
 
 
 def test_dry_run_lists_the_jobs_and_evaluates_nothing(tmp_path, capsys, monkeypatch):
-    from benchmark import runner, task_runner
+    from benchmark.evaluate import fidelity as runner, tasks as task_runner
 
     def boom(*args, **kwargs):
         raise AssertionError("--dry-run evaluated")
@@ -271,8 +271,8 @@ def test_train_config_errors_are_one_line_exit_2(tmp_path, capsys, monkeypatch):
     assert rc == 2 and err.startswith("error: training config bad.yaml: unknown keys ['bogus']")
 
 
-def test_recipes_cited_in_train_py_exist():
-    cited = set(re.findall(r"benchmark/configs/(\w+\.yaml)", (ROOT / "benchmark" / "train.py").read_text()))
+def test_recipes_cited_in_the_train_command_exist():
+    cited = set(re.findall(r"benchmark/configs/(\w+\.yaml)", (ROOT / "benchmark" / "cli" / "train.py").read_text()))
     assert cited and all((ROOT / "benchmark" / "configs" / name).is_file() for name in cited), cited
 
 
@@ -300,7 +300,7 @@ def test_bad_weights_file_says_it_is_not_a_checkpoint(tmp_path, capsys):
 def test_real_task_model_errors_name_the_cli_flag(tmp_path, monkeypatch):
     import torch
 
-    from lightning_modules.classifier import ClassifierError, build_classifier
+    from lightning_modules.task_models.classifier import ClassifierError, build_classifier
     from lightning_modules.task_models import TaskModelError, create_task_model
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_modules import create
-from lightning_modules.dagn import (ABLATIONS, COMPACT, PAPER, DAGN, CrossFeatureFusion, DAGNModule, GuidanceBlock,
+from lightning_modules.restorers.dagn import (ABLATIONS, COMPACT, PAPER, DAGN, CrossFeatureFusion, DAGNModule, GuidanceBlock,
                                     content_loss, insensitive_loss, pyramid_pool, sensitive_loss)
 from lightning_modules.registry import MethodError
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.runner import FidelityRequest, run_fidelity
+from benchmark.evaluate.fidelity import FidelityRequest, run_fidelity
 from datamodules.corruptions import Corruption
-from lightning_modules.dcsc import DCSC, load_dcsc_npz
+from lightning_modules.restorers.dcsc import DCSC, load_dcsc_npz
 from lightning_modules.registry import MethodError, create
 
 from .conftest import SHARED, TEST_DATA, need_shared

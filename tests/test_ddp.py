@@ -67,7 +67,7 @@ def _task_results(task, world, rank=0):
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from benchmark.tasks import TaskEvaluator
+    from benchmark.evaluate.tasks import TaskEvaluator
     from datamodules.corruptions import Corruption
     from datamodules.shapes import CLASSES
     from datamodules.tasks import ShapesTaskSet, collate

@@ -7,14 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.detection import (
-    CocoDetection,
-    coco_map,
-    dedup_by_image,
-    to_coco_detections,
-    torchmetrics_map,
-)
-from lightning_modules.detector import (
+from datamodules.detection import CocoDetection
+from benchmark.metrics.detection import coco_map, dedup_by_image, to_coco_detections, torchmetrics_map
+from lightning_modules.task_models.detector import (
     R50_FPN_COCO_FILE,
     DetectorWeightsError,
     build_compact_detector,

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmark.efficiency import count_flops
+from benchmark.evaluate.efficiency import count_flops
 
-import lightning_modules.dualpriors  # noqa: F401  (registers `dualpriors`: not in the registry's built-in list yet)
+import lightning_modules.restorers.dualpriors  # noqa: F401  (registers `dualpriors`: not in the registry's built-in list yet)
 from lightning_modules import create
-from lightning_modules.dualpriors import (COMPACT, PAPER, DualPriorsModule, DualPriorsNet, GradientClassifier,
+from lightning_modules.restorers.dualpriors import (COMPACT, PAPER, DualPriorsModule, DualPriorsNet, GradientClassifier,
                                           NonLocalBlock, fft_x_update, image_gradients)
 
 from .conftest import PUBLISHED

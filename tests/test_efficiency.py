@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.efficiency import count_flops, format_table, measure, paper_rows, write
-from benchmark.train import _stage_plan, load_config, train
+from benchmark.evaluate.efficiency import count_flops, format_table, measure, paper_rows, write
+from benchmark.cli.train import _stage_plan, load_config, train
 from lightning_modules import create
 from tests.conftest import need_shared
 
@@ -32,7 +32,7 @@ def test_measure_row_matches_the_network(tmp_path):
 
 
 def test_train_and_deploy_forms_of_a_reparameterisable_net(monkeypatch):
-    from benchmark.efficiency import forms
+    from benchmark.evaluate.efficiency import forms
     from lightning_modules import registry
     from lightning_modules.registry import Preset, register
 
@@ -87,7 +87,7 @@ def test_table_keeps_its_columns_where_a_paper_row_has_no_latency():
 
 @need_shared("published", "fidelity.csv")
 def test_paper_fidelity_rows_pivot_the_metrics():
-    from benchmark.published import paper_fidelity_rows
+    from benchmark.boards.published import paper_fidelity_rows
 
     rows = paper_fidelity_rows("dagn")
     live1 = [r for r in rows if (r["method"], r["dataset"], r["qf"]) == ("dagn", "live1", "10")]
@@ -117,7 +117,7 @@ def test_recipe_with_unknown_key_is_refused(tmp_path):
 
 
 def test_jarcal_recipe_draws_the_paper_qf_set_in_both_stages():
-    import lightning_modules.jarcal  # noqa: F401  (registers)
+    import lightning_modules.restorers.jarcal  # noqa: F401  (registers)
 
     cfg = load_config("jarcal_paper.yaml")
     module = create("jarcal.paper", pretrained=False)
@@ -129,7 +129,7 @@ def test_jarcal_recipe_draws_the_paper_qf_set_in_both_stages():
 
 
 def test_a_submodule_named_fuse_is_not_a_reparameterisation_hook():
-    from benchmark.efficiency import reparameterizable
+    from benchmark.evaluate.efficiency import reparameterizable
 
     class WithFuseModule(torch.nn.Module):
         def __init__(self):

@@ -8,18 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.classification import DecodedCrops, imagenet_flat, resize_center_crop
-from benchmark.task_runner import TaskRequest, dataset_label, run_tasks
+from datamodules.classification import DecodedCrops, imagenet_flat, resize_center_crop
+from benchmark.evaluate.tasks import TaskRequest, dataset_label, run_tasks
 from datamodules.corruptions import Corruption
-from lightning_modules.classifier import ClassifierError
-from lightning_modules.efficientnet_lite import (
-    EFFICIENTNET_LITE,
-    build_efficientnet_lite,
-    imagenet_lemmas,
-    imagenet_wnids,
-    map_lukemelas_keys,
-    package_weights_path,
-)
+from lightning_modules.task_models.classifier import ClassifierError
+from lightning_modules.task_models.efficientnet_lite import EFFICIENTNET_LITE, build_efficientnet_lite, map_lukemelas_keys, package_weights_path
+from datamodules.classification import imagenet_lemmas, imagenet_wnids
 
 from .conftest import smooth_image
 
@@ -193,7 +187,7 @@ def test_dataset_label_drops_the_machine_path(tmp_path):
 
 # ---- the cross-fitted fine-tuning baseline ---------------------------------------------------------------------------
 def test_fold_routing_scores_each_image_with_the_copy_that_never_saw_it():
-    from lightning_modules.afd import FoldRouted, FoldTunedLayers
+    from lightning_modules.dedrifters.afd import FoldRouted, FoldTunedLayers
 
     torch.manual_seed(0)
     clf, _, _ = build_efficientnet_lite("efficientnet_lite0", "random")
@@ -218,7 +212,7 @@ def test_fold_routing_scores_each_image_with_the_copy_that_never_saw_it():
 
 
 def test_plugin_methods_take_the_preset_trained_for_the_classifier():
-    from benchmark.task_runner import _preset_for
+    from benchmark.evaluate.tasks import _preset_for
 
     assert _preset_for("afd", None, "efficientnet_lite0") == "lite0"
     assert _preset_for("degradation_prior", None, "efficientnet_lite0") == "lite0"
@@ -230,7 +224,7 @@ def test_plugin_methods_take_the_preset_trained_for_the_classifier():
 
 
 def test_imagenet_dataset_spec_from_a_folder(tmp_path):
-    from benchmark.cli import imagenet_dataset
+    from benchmark.cli.common import imagenet_dataset
 
     (tmp_path / "flat").mkdir()
     (tmp_path / "val" / "n01440764").mkdir(parents=True)

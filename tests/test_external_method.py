@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark import leaderboard
+from benchmark.boards import leaderboard
 from benchmark.cli import main
 from lightning_modules import create
 from lightning_modules.registry import MethodError

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-import lightning_modules.fbcnn  # noqa: F401  (registers "fbcnn": not yet in the registry's built-in imports)
-from lightning_modules.fbcnn import COMPACT, FBCNN, PAPER_COLOR, FBCNNModule, input_to_qf, qf_to_input
+import lightning_modules.restorers.fbcnn  # noqa: F401  (registers "fbcnn": not yet in the registry's built-in imports)
+from lightning_modules.restorers.fbcnn import COMPACT, FBCNN, PAPER_COLOR, FBCNNModule, input_to_qf, qf_to_input
 from lightning_modules.registry import MethodError, create
 
 PAPER_PARAMS = 71.92e6  # paper, Table 7 / release README

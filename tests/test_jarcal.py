@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-import lightning_modules.jarcal  # noqa: F401  (registers "jarcal": the registry's built-in list does not import it yet)
+import lightning_modules.restorers.jarcal  # noqa: F401  (registers "jarcal": the registry's built-in list does not import it yet)
 from lightning_modules import create
-from lightning_modules.jarcal import (
+from lightning_modules.restorers.jarcal import (
     ABLATIONS,
     JARCAL,
     ConcatFusion,

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark import leaderboard
-from benchmark.leaderboard import LeaderboardError
+from benchmark.boards import leaderboard
+from benchmark.boards.leaderboard import LeaderboardError
 
 
 def _row(**kw):

@@ -9,7 +9,7 @@ def test_list_details_afd_card(capsys):
     assert "afd.compact" in out and "afd.lite0" in out  # every preset, by name
     assert "afd_compact.pt" in out  # the weights file
     assert "backbone='shapes-cnn'" in out  # the preset's kwargs
-    assert "lightning_modules.afd" in out and "AFD-Module (Peng et al." in out  # the family module's summary
+    assert "lightning_modules.dedrifters.afd" in out and "AFD-Module (Peng et al." in out  # the family module's summary
     assert "benchmark train --method afd --preset lite0" in out  # retrain command from the preset description
     assert "task models" not in out  # the card, not the whole listing
 

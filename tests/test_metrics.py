@@ -101,7 +101,7 @@ def test_metrics_match_references_at_full_size_and_in_y():
 
 def test_luma_table_equals_the_float64_conversion_for_every_colour():
     """The rounded-Y lookup is exact: all 2^24 colours against MATLAB's formula in float64 (`rgb_to_y`)."""
-    from benchmark.metrics import _y_uint8
+    from benchmark.metrics.fidelity import _y_uint8
 
     v = torch.arange(256, dtype=torch.uint8)
     r, g = torch.meshgrid(v, v, indexing="ij")

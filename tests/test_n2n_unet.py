@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightning_modules import create
-from lightning_modules.n2n_unet import UNet, count_convs
+from lightning_modules.restorers.n2n_unet import UNet, count_convs
 from lightning_modules.registry import MethodError
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -6,8 +6,8 @@ Tolerances (issue 2): +-0.05 dB PSNR, +-0.002 SSIM, +-0.10 dB PSNR-B; DnCNN-3 +-
 import pandas as pd
 import pytest
 
-from benchmark.published import PUBLISHED_DATASET
-from benchmark.runner import FidelityRequest, run_fidelity
+from benchmark.boards.published import PUBLISHED_DATASET
+from benchmark.evaluate.fidelity import FidelityRequest, run_fidelity
 from datamodules.corruptions import Corruption
 
 from .conftest import PUBLISHED, TEST_DATA, WEIGHTS, need_shared

@@ -7,14 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from benchmark.segmentation import (
-    SegmentationScores,
-    VOCSegmentation,
-    mmseg_test_size,
-    scores_from_confusion,
-    segmentation_confusion,
-)
-from lightning_modules.pspnet import (
+from benchmark.metrics.segmentation import SegmentationScores, scores_from_confusion, segmentation_confusion
+from datamodules.segmentation import VOCSegmentation
+from lightning_modules.task_models.pspnet import mmseg_test_size
+from lightning_modules.task_models.pspnet import (
     MMSEG_MEAN,
     MMSEG_STD,
     PSPNet,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_modules import MethodError, available, create
-from lightning_modules.dncnn import DnCNN, load_matconvnet
+from lightning_modules.restorers.dncnn import DnCNN, load_matconvnet
 from lightning_modules.registry import load_state_dict_file
 
 from .conftest import WEIGHTS, need_shared

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark import leaderboard
+from benchmark.boards import leaderboard
 from benchmark.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from benchmark import leaderboard
-from benchmark.report import build
+from benchmark.boards import leaderboard
+from benchmark.boards.report import build
 
 
 @pytest.fixture()
@@ -49,7 +49,7 @@ def test_html_renders_in_headless_chromium(boards, tmp_path):
 def test_cost_plots_keep_input_sizes_apart_and_skip_figures_a_paper_did_not_print(tmp_path):
     import pandas as pd
 
-    from benchmark.report import cost_points, cost_sizes, plot_gain_vs_latency
+    from benchmark.boards.report import cost_points, cost_sizes, plot_gain_vs_latency
 
     def fid(method, source, psnr):
         return {"method": method, "preset": "paper" if source == "paper" else "compact", "dataset": "live1",
@@ -79,7 +79,7 @@ def test_psnr_vs_qf_keeps_channels_apart_with_measured_and_paper_panels_and_the_
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from benchmark.report import _fidelity, build, fidelity_qf_series, fidelity_vs_qf_figure, plot_fidelity_vs_qf
+    from benchmark.boards.report import _fidelity, build, fidelity_qf_series, fidelity_vs_qf_figure, plot_fidelity_vs_qf
 
     def row(method, preset, dataset, channels, qf, psnr, source):
         return {"method": method, "preset": preset, "dataset": dataset, "channels": channels, "codec": "jpeg",

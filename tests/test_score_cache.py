@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import metrics, runner
-from benchmark.score_cache import ReferenceScores
+from benchmark import metrics
+
+from benchmark.evaluate import fidelity as runner
+from benchmark.evaluate.score_cache import ReferenceScores
 from datamodules.corruptions import Corruption, CorruptionCache, apply
 from datamodules.sources import ImageRecord
 
@@ -34,7 +36,7 @@ def test_warm_rerun_serves_identical_reference_rows_without_scoring(records, tmp
     cold_profile, warm_profile = {}, {}
     cold = _run(records, tmp_path, cold_profile)
     assert cold_profile["cached_reference_jobs"] == 0
-    with mock.patch("benchmark.evaluate.FidelityEvaluator.test_step", side_effect=AssertionError("scored again")):
+    with mock.patch("benchmark.evaluate.fidelity.FidelityEvaluator.test_step", side_effect=AssertionError("scored again")):
         warm = _run(records, tmp_path, warm_profile)
     assert warm_profile["cached_reference_jobs"] == 1 and warm == cold
     # the served means are the metrics' own per-image means
@@ -48,7 +50,7 @@ def test_a_new_metric_version_or_a_damaged_entry_is_scored_again(records, tmp_pa
     cache = ReferenceScores(CorruptionCache(tmp_path), "rgb")
     corruptions = [Corruption("jpeg", (10,)), Corruption("jpeg", (30,))]
     assert cache.results(records, corruptions) is not None
-    with mock.patch("benchmark.score_cache.METRICS_VERSION", metrics.METRICS_VERSION + 1):
+    with mock.patch("benchmark.evaluate.score_cache.METRICS_VERSION", metrics.METRICS_VERSION + 1):
         assert cache.results(records, corruptions) is None  # older kernels' values are not served
     cache._path(records[1].digest, corruptions[1]).write_text("{not json")
     assert cache.results(records, corruptions) is None
@@ -59,7 +61,7 @@ def test_a_new_metric_version_or_a_damaged_entry_is_scored_again(records, tmp_pa
 
 
 def test_clean_and_direct_task_rows_are_served_from_the_cache_with_identical_values(tmp_path):
-    from benchmark import task_runner
+    from benchmark.evaluate import tasks as task_runner
 
     def run(tmp, **kw):
         req = task_runner.TaskRequest(tasks=["classification", "segmentation"], methods=["jpeg"],
@@ -72,9 +74,9 @@ def test_clean_and_direct_task_rows_are_served_from_the_cache_with_identical_val
 
     cold = run(tmp_path)
     assert {m for rs in cold.values() for m, *_ in rs} == {"clean", "direct"}
-    with mock.patch("benchmark.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran the direct job")):
+    with mock.patch("benchmark.evaluate.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran the direct job")):
         assert run(tmp_path) == cold
     # other scenes (another seed) are other content: scored, not served
     with pytest.raises(AssertionError):
-        with mock.patch("benchmark.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran")):
+        with mock.patch("benchmark.evaluate.tasks.TaskEvaluator.test_step", side_effect=AssertionError("ran")):
             run(tmp_path, seed=1)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark import leaderboard
+from benchmark.boards import leaderboard
 from benchmark.cli import main
-from benchmark.task_runner import TaskRequest, run_tasks
+from benchmark.evaluate.tasks import TaskRequest, run_tasks
 from datamodules.corruptions import Corruption
 from lightning_modules import task_models
 from lightning_modules.task_models import TaskModel, TaskModelError, create_task_model
@@ -89,7 +89,7 @@ def test_task_model_errors_say_what_to_put_where(tmp_path):
 
 
 def test_a_failing_restorer_leaves_the_other_rows(monkeypatch):
-    from benchmark import task_runner
+    from benchmark.evaluate import tasks as task_runner
 
     def broken(*a, **k):
         raise RuntimeError("weights exploded")
@@ -106,8 +106,8 @@ def test_imagenet_flat_folder_with_a_torchvision_file(tmp_path):
     """top-1/top-5 of the runner equal a direct computation on ImageNet-C crops with the same weights file."""
     import torchvision
 
-    from benchmark.classification import ClassificationSet, imagenet_flat
-    from lightning_modules.classifier import build_classifier
+    from datamodules.classification import ClassificationSet, imagenet_flat
+    from lightning_modules.task_models.classifier import build_classifier
 
     rng = np.random.default_rng(0)
     wnids = [f"n{k:08d}" for k in range(1000)]
@@ -180,7 +180,7 @@ def test_coco_layout_through_the_runner(tmp_path, monkeypatch):
         seen["args"] = (task, name, weights)
         return TaskModel(SizeOracleDetector(by_size), name, 91, str(weights))
 
-    monkeypatch.setattr("benchmark.task_runner.create_task_model", fake_model)
+    monkeypatch.setattr("benchmark.evaluate.tasks.create_task_model", fake_model)
     rows, failures = run_tasks(TaskRequest(["detection"], ["jpeg"], [Corruption("jpeg", (10,))],
                                            dataset=f"coco:{root}", task_weights="frcnn.pth", progress=False,
                                            use_cache=False))
@@ -216,7 +216,7 @@ def test_voc_layout_through_the_runner(tmp_path, monkeypatch):
         m = Image.frombytes("P", (40, 32), mask.tobytes())
         m.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (3 * 253))
         m.save(root / "SegmentationClass" / f"{name}.png")
-    monkeypatch.setattr("benchmark.task_runner.create_task_model",
+    monkeypatch.setattr("benchmark.evaluate.tasks.create_task_model",
                         lambda task, name, weights: TaskModel(ColourCodedSegmenter(), name, 21, ""))
     rows, failures = run_tasks(TaskRequest(["segmentation"], ["jpeg"], [Corruption("jpeg", (5,))],
                                            dataset=f"voc:{root}", progress=False, use_cache=False))
@@ -229,7 +229,7 @@ def test_voc_layout_through_the_runner(tmp_path, monkeypatch):
 
 
 def test_mmseg_adapter_without_mmcv_points_to_the_native_model():
-    from lightning_modules.mmseg_adapter import mmseg_import_error
+    from lightning_modules.task_models.mmseg_adapter import mmseg_import_error
 
     if mmseg_import_error() is None:
         pytest.skip("mmseg and mmcv's ops import here: the adapter's error path cannot be exercised")
@@ -238,7 +238,7 @@ def test_mmseg_adapter_without_mmcv_points_to_the_native_model():
 
 
 def test_plot_draws_the_board_values(tmp_path):
-    from benchmark.plots import plot_task_board, task_series
+    from benchmark.boards.plots import plot_task_board, task_series
 
     rows = [{"task": "classification", "model": "m", "method": "clean", "preset": "", "dataset": "shapes",
              "codec": "none", "qf": "", "passes": 0, "metric": "top1", "value": 97.0, "source": "measured"}]
@@ -254,7 +254,7 @@ def test_plot_draws_the_board_values(tmp_path):
 
 
 def test_detector_backbone_starts_from_the_shipped_classifier():
-    from benchmark.train import _init_detector_backbone
+    from benchmark.cli.train import _init_detector_backbone
     from lightning_modules.task_models import SHAPES_TASK_MODELS
 
     det = SHAPES_TASK_MODELS["shapes-frcnn"].build()

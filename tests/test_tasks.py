@@ -5,13 +5,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from benchmark.tasks import DetectionMAP, TaskEvaluator, restore_tiled
+from benchmark.metrics.detection import DetectionMAP
+from benchmark.evaluate.tasks import TaskEvaluator, restore_tiled
 from datamodules.corruptions import Corruption
 from datamodules.shapes import CLASSES
 from datamodules.tasks import ShapesTaskSet, collate
 from lightning_modules import create
-from lightning_modules.detector import build_compact_detector
-from lightning_modules.pspnet import PSPNet, normalize
+from lightning_modules.task_models.detector import build_compact_detector
+from lightning_modules.task_models.pspnet import PSPNet, normalize
 from lightning_modules.task_models import ShapesClassifier
 
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from lightning_modules import MethodError, create
-from lightning_modules.urie import IMAGENET_MEAN, IMAGENET_STD, SelectiveConv, SKUNet
+from lightning_modules.restorers.urie import IMAGENET_MEAN, IMAGENET_STD, SelectiveConv, SKUNet
 
 from .conftest import TEST_DATA, WEIGHTS, need_shared
 

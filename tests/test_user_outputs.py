@@ -20,7 +20,7 @@ def _photos(folder, n=10, gray=()):
 
 
 def test_train_without_out_never_touches_the_shipped_checkpoint(tmp_path, monkeypatch, capsys):
-    from benchmark.train import train
+    from benchmark.cli.train import train
 
     shipped = CHECKPOINT_DIR / "dncnn_compact.pt"
     before = hashlib.sha256(shipped.read_bytes()).hexdigest()
@@ -62,7 +62,7 @@ def test_a_folder_dataset_is_keyed_by_name_and_content_not_by_path(tmp_path, mon
 def test_a_run_without_leaderboard_goes_to_the_user_board(tmp_path, monkeypatch, capsys):
     import pandas as pd
 
-    from benchmark import leaderboard
+    from benchmark.boards import leaderboard
     from benchmark.cli import main
 
     committed = tmp_path / "committed"  # stands in for leaderboards/: a default run must never write there

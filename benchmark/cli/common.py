@@ -1,0 +1,138 @@
+"""What the commands share: comma lists, QF and pass parsing, dry-run listings, the board hint, baselines."""
+from __future__ import annotations
+
+import argparse
+
+from datamodules.corruptions import AFD_QF_SET, Corruption, CorruptionError, parse_qf
+
+EXIT_USAGE, EXIT_FAILED = 2, 1
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _items(text: str, flag: str) -> list[str]:
+    """A comma list where every item counts: `10,,20` is a typo, not `10,20` (an empty item is an error)."""
+    items = [x.strip() for x in text.split(",")]
+    for i, x in enumerate(items):
+        if not x or any(not q.strip() for q in x.split(">")):
+            what = "is empty" if not x else f"{x!r} has an empty QF in its chain"
+            raise CorruptionError(f"{flag} {text!r}: item {i + 1} {what}")
+    return items
+
+
+# named QF lists for `--qf`: the field's usual table columns and JARCAL Table 4's QFs unseen in training (10..90)
+QF_PRESETS = {"seen": "10,20,30,40", "unseen": "15,25,35,45"}
+
+
+def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int, subsampling: str) -> list[Corruption]:
+    """`--qf '10,20,30>10'` -> single passes and Q1>Q2 chains (`--qf unseen`: a QF_PRESETS name); `--passes 1,3
+    [--qf set]` -> passes drawn from the set (default the AFD set 25/18/15/10/7), seeded."""
+    qf = QF_PRESETS.get(qf.strip(), qf) if qf else qf
+    if passes:
+        try:  # `1,3,5` or a range `1..5`
+            counts = [n for p in _items(passes, "--passes")
+                      for n in (range(int(p.split("..")[0]), int(p.split("..")[1]) + 1) if ".." in p else [int(p)])]
+        except CorruptionError:
+            raise
+        except ValueError:
+            raise CorruptionError(f"--passes {passes!r}: expected integers 1..5 (a list 1,3 or a range 1..5)") from None
+        if not counts:
+            raise CorruptionError(f"--passes {passes!r}: no pass count")
+        qset = tuple(parse_qf(q) for q in _items(qf, "--qf")) if qf else AFD_QF_SET
+        return [Corruption(codec, qset, passes=n, draw=True, seed=seed, subsampling=subsampling) for n in counts]
+    items = _items(qf or "10,20,30,40", "--qf")
+    return [Corruption(codec, tuple(parse_qf(q) for q in item.split(">")), subsampling=subsampling, seed=seed)
+            for item in items]
+
+
+def _board_hint(explicit: str | None) -> str:
+    """Said when rows went to the user's board by default (the committed boards need --leaderboard leaderboards/)."""
+    return "" if explicit else (" (your results board: $CARBENCH_RESULTS or ./carbench-results/; --leaderboard "
+                                "names another)")
+
+
+def _method_label(name: str, preset: str | None) -> str:
+    """`method.preset` as the rows will name it (names were validated before)."""
+    from lightning_modules.registry import resolve_preset
+
+    entry, preset_name, _ = resolve_preset(name, None if "." in name else preset)
+    return f"{entry.name}.{preset_name}"
+
+
+def _print_dry_run(header: list[str], jobs: list[tuple], what: str) -> int:
+    """`--dry-run`: the jobs a run would do, one a line; nothing is evaluated or written."""
+    widths = [max(len(h), *(len(str(j[i])) for j in jobs)) for i, h in enumerate(header)]
+    for cells in [header, *jobs]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip())
+    print(f"dry run: {len(jobs)} {what}; nothing evaluated or written")
+    return 0
+
+
+def imagenet_dataset(folder: str) -> str:
+    """`imagenet:DIR` for wnid sub-folders (ImageNet val), else `imagenet-flat:DIR` (`<wnid>_*.JPEG`)."""
+    import re
+    from pathlib import Path
+
+    path = Path(folder)
+    wnid_dirs = path.is_dir() and any(p.is_dir() and re.fullmatch(r"n\d{8}", p.name) for p in path.iterdir())
+    return f"{'imagenet' if wnid_dirs else 'imagenet-flat'}:{folder}"
+
+
+def _qf_range(text: str) -> tuple[int, int]:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: expected LO,HI such as 10,40")
+    try:
+        parts = _items(text, "bad QF range")
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    try:
+        lo, hi = parse_qf(parts[0]), parse_qf(parts[-1])
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: {e}") from None
+    if len(parts) > 2 or lo > hi:
+        raise argparse.ArgumentTypeError(f"bad QF range {text!r}: need LO <= HI, two values")
+    return lo, hi
+
+
+def _qf_override(text: str) -> int:
+    try:
+        return parse_qf(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad --qf-override {text!r}: {e}") from None
+
+
+def _qf_set(text: str) -> tuple[int, ...]:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: give at least one QF")
+    try:
+        items = _items(text, "bad QF set")
+    except CorruptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    try:
+        qfs = tuple(parse_qf(q) for q in items)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad QF set {text!r}: {e}") from None
+    return qfs
+
+
+# which published paper a carbench method comes from (for source=paper reference rows)
+METHOD_PAPER = {"dagn": "dagn", "n2n_unet": "n2n", "afd": "afd", "dualpriors": "dualpriors", "jarcal": "jarcal"}
+
+
+def baseline_methods(exclude: list[str], restorers: bool = True) -> list[str]:
+    """Every registered method whose default preset can run here: shipped/found weights, or self-contained.
+    restorers=True: the image restorers; False: the methods that work inside a classifier (de-drifters, fine-tuning)."""
+    from lightning_modules.registry import _REGISTRY, _load_plugins, find_weights
+
+    _load_plugins()
+    names = []
+    for name, entry in sorted(_REGISTRY.items()):
+        preset = entry.presets[entry.default_preset]
+        is_restorer = getattr(entry.module_cls, "kind", "restorer") == "restorer"
+        if name == "jpeg" or name in exclude or is_restorer != restorers:
+            continue
+        if preset.self_contained or (preset.weights and find_weights(preset.weights)):
+            names.append(name)
+    return names

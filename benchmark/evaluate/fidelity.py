@@ -1,0 +1,197 @@
+"""Fidelity: restore each test image and score it (PSNR, SSIM, PSNR-B, bpp); the runner and its evaluator.
+
+One job = one (method, dataset): a single `Trainer.test` over one dataloader per corruption. A failing job (bad
+weights, NaN output, missing data) is reported with its culprit and the other jobs go on; every finished job's rows
+are written.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+
+from benchmark.boards import leaderboard, published
+from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning
+from benchmark.evaluate.score_cache import ReferenceScores
+from benchmark.metrics import METRICS, PerImageMean, to_uint8
+from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
+from datamodules.fidelity import EvalDataModule
+from lightning_modules import create
+from lightning_modules.registry import MethodError
+
+REFERENCE_METHOD = "jpeg"
+
+
+@dataclass
+class FidelityRequest:
+    methods: list[str]
+    corruptions: list[Corruption]
+    datasets: list[str] = field(default_factory=lambda: ["samples"])
+    channels: str = "rgb"
+    data_root: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    add_reference: bool = True
+    progress: bool = True
+    qf_override: int | None = None  # FBCNN's flexible control: restore as if the input had this QF
+
+
+
+class NonFiniteOutput(ValueError):  # also: an output of the wrong shape
+    pass
+
+
+class FidelityEvaluator(L.LightningModule):
+    def __init__(self, restorer: L.LightningModule, n_corruptions: int, channels: str = "rgb"):
+        super().__init__()
+        self.restorer, self.channels = restorer, channels
+        self.scores = nn.ModuleList(
+            MetricCollection({k: cls(channels) for k, cls in METRICS.items()}, compute_groups=False)
+            for _ in range(n_corruptions))
+        self.bpp = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))
+        self.results: list[dict] = []
+        self.per_image: list[dict[str, torch.Tensor]] = []  # per corruption: {metric: values in image order}
+        self.forward_seconds = 0.0  # time inside the restorer: the rest of a job is overhead
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        corrupted, clean, meta = batch
+        t0 = time.perf_counter()
+        restored = self.restorer.restore(corrupted.float() / 255.0)
+        self.forward_seconds += time.perf_counter() - t0
+        name = meta["name"][0] if isinstance(meta["name"], (list, tuple)) else meta["name"]
+        if restored.shape != corrupted.shape:  # never score a cropped/resized/channel-changed output
+            raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} returned shape "
+                                  f"{tuple(restored.shape)} for input {tuple(corrupted.shape)} on image {name!r}")
+        if not torch.isfinite(restored).all():
+            raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf on image "
+                                  f"{name!r} ({meta['key'][0]})")
+        try:
+            self.scores[dataloader_idx].update(to_uint8(restored), clean, ids=meta["index"])
+        except ValueError as e:  # e.g. an image the metrics cannot score: name it
+            raise ValueError(f"image {name!r} ({meta['key'][0]}): {e}") from e
+        self.bpp[dataloader_idx].update(meta["bpp"].double(), ids=meta["index"])
+
+    def on_test_epoch_end(self) -> None:
+        self.results, self.per_image = [], []
+        for scores, bpp in zip(self.scores, self.bpp):
+            values = {k: float(v) for k, v in scores.compute().items()}
+            values["n_images"] = scores["psnr"].n_images()
+            values["bpp"] = float(bpp.compute())
+            self.results.append(values)
+            self.per_image.append({k: m.per_image()[1] for k, m in [*scores.items(), ("bpp", bpp)]})
+            scores.reset()
+            bpp.reset()
+
+
+
+def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[list[dict], list[JobFailure]]:
+    """Rows and failures; `profile` (a dict) receives seconds spent in model forwards and the reference jobs served
+    from the score cache."""
+    quiet_lightning()
+    methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
+    cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
+    reference_scores = ReferenceScores(cache, req.channels)
+    single_process = str(req.devices) in ("1", "auto") and req.strategy in ("auto", "single_device")
+    versions = codec_versions()
+    rows, failures = [], []
+    profile = {} if profile is None else profile
+    profile.update(forward_seconds=0.0, cached_reference_jobs=0)
+    for dataset in req.datasets:
+        dm = EvalDataModule(dataset, req.corruptions, req.data_root, cache)
+        try:
+            dm.setup()
+        except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other datasets go on
+            failures.append(JobFailure("*", dataset, str(e)))
+            continue
+        gray = [r.source or r.name for r in dm.records if r.is_gray]
+        if gray and len(gray) < len(dm.records) and dataset.partition(":")[0] != "samples":  # samples: documented
+            warnings.warn(f"{dataset}: {len(gray)} gray image(s) among colour ones, scored on their one channel "
+                          f"inside the {req.channels} rows (column n_gray): {', '.join(gray)}", stacklevel=2)
+        for method in methods:
+            t0 = time.time()
+            try:
+                is_ref = method == REFERENCE_METHOD
+                restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
+                if req.qf_override is not None and not is_ref:
+                    set_qf_override(restorer, req.qf_override)
+                cached = reference_scores.results(dm.records, req.corruptions) if is_ref and single_process else None
+                if cached is not None:  # the reference scores the corruption itself: nothing to recompute
+                    profile["cached_reference_jobs"] += 1
+                    for c, res in zip(req.corruptions, cached):
+                        rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
+                    continue
+                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels)
+                trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
+                                    logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                    enable_progress_bar=req.progress, callbacks=progress_bar(req.progress))
+                trainer.test(evaluator, datamodule=dm, verbose=False)
+            except Exception as e:  # noqa: BLE001
+                failures.append(JobFailure(method, dataset, f"{type(e).__name__}: {e}"))
+                continue
+            if trainer.global_rank != 0:
+                continue
+            profile["forward_seconds"] += evaluator.forward_seconds
+            if is_ref and single_process:
+                reference_scores.store(dm.records, req.corruptions, evaluator.per_image)
+            seconds = time.time() - t0
+            for c, res in zip(req.corruptions, evaluator.results):
+                rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
+    return rows, failures
+
+
+def set_qf_override(restorer, qf: int) -> None:
+    """Flexible QF control; the preset column records it (`compact@qf30`) so blind rows are not overwritten."""
+    if not hasattr(restorer, "qf_override"):
+        raise MethodError(f"{restorer.method_name}: --qf-override needs a method with QF control (fbcnn); "
+                          f"{restorer.method_name} has none")
+    restorer.qf_override = qf
+    restorer.preset_name = f"{restorer.preset_name}@qf{qf}"
+
+
+def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModule, versions, seconds) -> dict:
+    if all(r.is_gray for r in dm.records):
+        channels = "gray"  # scored on the one channel they have, whatever --channels says
+    return {
+        "method": restorer.method_name, "preset": restorer.preset_name, "dataset": dm.label, "channels": channels,
+        "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
+        "n_images": res["n_images"], "n_skipped": len(dm.report.skipped),
+        "n_gray": 0 if channels == "gray" else sum(r.is_gray for r in dm.records),
+        "psnr": res["psnr"], "ssim": res["ssim"],
+        "psnrb": res["psnrb"], "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
+        "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
+        "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
+        "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    """Plain-text results table with the JPEG reference delta and the paper's value where one exists."""
+    if not rows:
+        return "(no results)"
+    ref = {(r["dataset"], r["qf"], r["codec"], r["passes"]): r for r in rows if r["method"] == REFERENCE_METHOD}
+    header = ["method", "preset", "dataset", "ch", "codec", "qf", "pass", "n", "PSNR", "SSIM", "PSNR-B", "dPSNR",
+              "bpp", "paper PSNR/SSIM/PSNR-B"]
+    lines = []
+    for r in rows:
+        base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"]))
+        delta = f"{r['psnr'] - base['psnr']:+.2f}" if base is not None and base is not r else ""
+        paper = [published.fidelity_value(r["method"], r["dataset"], r["channels"], r["codec"], r["qf"], m)
+                 for m in ("psnr", "ssim", "psnrb")]
+        paper_s = "/".join("-" if v is None else f"{v:g}" for v in paper) if any(v is not None for v in paper) else ""
+        lines.append([r["method"], r["preset"], r["dataset"], r["channels"], r["codec"], r["qf"], str(r["passes"]),
+                      str(r["n_images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnrb']:.2f}", delta,
+                      f"{r['bpp']:.3f}", paper_s])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])

@@ -1,0 +1,418 @@
+"""Downstream runs: for each task, corrupt -> (restore | nothing) -> task model -> task metric.
+
+Per task, one `direct` job scores the uncorrupted images (`clean` rows) and every corruption without restoration
+(`direct` rows); then one job per method: a restorer pre-processes the images, a feature de-drifter (`afd`,
+`degradation_prior`) is inserted into the classifier, a fine-tuned classifier (`jpeg_finetune`) replaces it. In
+classification methods are also scored on the clean images (codec `none`): every method on `shapes`, on real photos
+the ones that change the classifier (de-drifters, fine-tuning). A failing job is reported with its
+culprit and the others go on. Rows are long-format (one metric per row, values in percent) for `leaderboards/<task>.csv`.
+
+Datasets: `shapes` (procedural, embedded; task models shipped) or a real layout `kind:PATH`:
+`imagenet:DIR` (wnid folders), `imagenet-flat:DIR` (`<wnid>_*.JPEG`), `cub200:DIR`, `flowers102:DIR` for
+classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC2012) for segmentation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from benchmark.boards import leaderboard
+from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning
+from benchmark.evaluate.score_cache import TaskReferenceResults, items_digest
+from benchmark.metrics import PerImageMean, task_metric
+from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
+from datamodules.sources import ImageRecord
+from datamodules.tasks import TASKS, ShapesTaskSet, collate
+from lightning_modules import create
+from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
+
+DIRECT, CLEAN = "direct", "clean"
+
+
+NO_RESTORATION = {"jpeg", "direct", "none"}  # names that mean "score the corrupted image as it is"
+
+
+REAL_DATASETS = {"imagenet": "classification", "imagenet-flat": "classification", "cub200": "classification",
+                 "flowers102": "classification", "coco": "detection", "voc": "segmentation"}
+
+
+METRICS = {"classification": ("top1", "top5"), "detection": ("map", "map_50", "map_75"),
+           "segmentation": ("mIoU", "mAcc", "aAcc")}
+
+
+@dataclass
+class TaskRequest:
+    tasks: list[str]
+    methods: list[str]
+    corruptions: list[Corruption]
+    dataset: str = "shapes"
+    n_images: int | None = None  # shapes: scenes per task (default SHAPES_N); real sets: the first n (None = all)
+    seed: int = 0
+    task_model: str | None = None
+    task_weights: str | None = None
+    preset: str | None = None
+    weights: str | None = None
+    batch_size: int = 16
+    tile: int | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    progress: bool = True
+    imagenet_c_resave: bool = False
+    wnids: str | None = None
+    seg_mode: str = "whole"  # real PSPNet: mmseg's 'whole' or 'slide' inference
+    add_reference: bool = True  # the `clean`/`direct` rows (False: only the methods, e.g. adding one to a board)
+
+
+SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
+
+
+# ---- real layouts: (clean uint8 CHW, target, index) items under one corruption --------------------------------------
+class CorruptedSet(Dataset):
+    """Wraps a dataset of clean items into (corrupted, clean, target, {"index"}) under one corruption (None = clean)."""
+
+    def __init__(self, clean_items: Dataset, corruption: Corruption | None, cache: CorruptionCache, name: str):
+        self.items, self.corruption, self.cache, self.name = clean_items, corruption, cache, name
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        clean, target = self.items[i]
+        if self.corruption is None:
+            return clean, clean, target, {"index": i}
+        px = np.ascontiguousarray(clean.permute(1, 2, 0).numpy())
+        out, _ = self.cache.get(px, ImageRecord(f"{self.name}-{i}", px).digest, self.corruption)
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous(), clean, target, {"index": i}
+
+
+class CleanItems(Dataset):
+    """Clean `(uint8 CHW image, target)` items of a real layout (the first `n`); classification images are the
+    classifier's centre crops (`preprocess`; None = ImageNet-C's 224), decoded once per run (`DecodedCrops`: bad
+    files named, skipped and counted); detection targets keep boxes and COCO category ids."""
+
+    def __init__(self, kind: str, root: str, n: int | None = None, wnids: str | None = None, preprocess=None,
+                 progress: bool = False):
+        self.skipped: list[tuple[str, str]] = []
+        self.converted: list[tuple[str, str]] = []
+        if kind in ("imagenet", "imagenet-flat", "cub200", "flowers102"):
+            from datamodules import classification as C
+
+            layout = {"imagenet": C.imagenet_folders, "imagenet-flat": C.imagenet_flat,
+                      "cub200": C.cub200, "flowers102": C.flowers102}[kind]
+            labeled = layout(root, wnids) if kind.startswith("imagenet") else layout(root)
+            samples = labeled.samples if n is None else labeled.samples[:n]
+            self.base = C.DecodedCrops(samples, preprocess, progress, labeled.skipped if n is None else ())
+            self.skipped, self.converted = self.base.skipped, self.base.converted
+        elif kind == "coco":
+            from datamodules.detection import CocoDetection
+
+            self.base = CocoDetection(root)
+        elif kind == "voc":
+            from datamodules.segmentation import VOCSegmentation
+
+            self.base = VOCSegmentation(root)
+        else:
+            raise ValueError(f"unknown dataset kind {kind!r}: use one of {', '.join(REAL_DATASETS)}")
+        self.kind, self.n = kind, len(self.base) if n is None else min(n, len(self.base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        item = self.base[i]
+        if self.kind == "coco":
+            return item[0], {"boxes": item[1]["boxes"], "labels": item[1]["labels"]}
+        return item[0], item[1]
+
+
+def dataset_label(spec: str, n_images: int | None = None) -> str:
+    """The name rows carry: `shapes`, or a real layout's folder name without the machine path
+    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`; `coco:/data/coco` ->
+    `coco:coco`); a subset of the first n images gets `[:n]`."""
+    kind, root = parse_dataset(spec)
+    if kind == "shapes":
+        return "shapes"
+    from pathlib import Path
+
+    folder = Path(root).resolve().name.lower().replace("_", "-")
+    name = folder if folder.startswith(kind.split("-")[0]) else f"{kind}:{folder}"
+    return f"{name}[:{n_images}]" if n_images else name
+
+
+def parse_dataset(spec: str) -> tuple[str, str | None]:
+    if spec == "shapes":
+        return "shapes", None
+    kind, sep, root = spec.partition(":")
+    if not sep or kind not in REAL_DATASETS or not root:
+        raise ValueError(f"dataset {spec!r}: use `shapes` or KIND:PATH with KIND one of {', '.join(REAL_DATASETS)}")
+    return kind, root
+
+
+def check_request(tasks: list[str], dataset: str) -> str:
+    """Fail fast on task names and on a dataset that cannot serve a task; -> the dataset kind."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
+    kind, _ = parse_dataset(dataset)
+    wrong = [t for t in tasks if kind != "shapes" and REAL_DATASETS[kind] != t]
+    if wrong:
+        raise ValueError(f"dataset {dataset!r} is a {REAL_DATASETS[kind]} set, not {', '.join(wrong)}")
+    return kind
+
+
+def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache,
+             items: Dataset | None = None):
+    kind, _ = parse_dataset(req.dataset)
+    if kind == "shapes":
+        n = req.n_images or SHAPES_N[task]
+        sets = [ShapesTaskSet(task, n, "test", req.seed, c, cache) for c in corruptions]
+        bs = req.batch_size
+    else:
+        sets = [CorruptedSet(items, c, cache, kind) for c in corruptions]
+        bs = req.batch_size if task == "classification" else 1  # real detection/segmentation images differ in size
+    return [DataLoader(s, batch_size=bs, collate_fn=collate, num_workers=0) for s in sets]
+
+
+def _resaved(c: Corruption, resave: bool) -> Corruption:
+    """ImageNet-C's released files: the JPEG corruption, then a re-save at quality 85."""
+    from datamodules.classification import IMAGENET_C_RESAVE_QF
+
+    return Corruption(c.codec, c.qf + (IMAGENET_C_RESAVE_QF,), subsampling=c.subsampling, seed=c.seed) if resave else c
+
+
+def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]]:
+    """-> ({task: rows}, failures)."""
+    quiet_lightning()
+    kind = check_request(req.tasks, req.dataset)
+    corruptions = [_resaved(c, req.imagenet_c_resave and kind != "shapes") for c in req.corruptions]
+    restorers = [m for m in dict.fromkeys(req.methods) if m not in NO_RESTORATION]
+    cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
+    versions = codec_versions()
+    rows: dict[str, list[dict]] = {t: [] for t in req.tasks}
+    failures: list[JobFailure] = []
+    for task in req.tasks:
+        try:
+            model_name = req.task_model or (None if kind == "shapes" else DEFAULT_REAL_MODEL[task])
+            tm = create_task_model(task, model_name, req.task_weights)
+            if hasattr(tm.net, "mode"):  # MMSegInference
+                tm.net.mode = req.seg_mode
+            items = None
+            if kind != "shapes":  # decoded once for every job of this task
+                items = CleanItems(kind, parse_dataset(req.dataset)[1], req.n_images, req.wnids, tm.preprocess,
+                                   req.progress)
+                if items.skipped:
+                    print(f"{task}: {len(items.skipped)} file(s) skipped: "
+                          + "; ".join(f"{Path(p).name} ({why})" for p, why in items.skipped[:5]), file=sys.stderr)
+                if items.converted:
+                    print(f"{task}: {len(items.converted)} file(s) converted to RGB: "
+                          + ", ".join(Path(p).name for p, _ in items.converted[:5])
+                          + (" ..." if len(items.converted) > 5 else ""), file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
+            failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
+            continue
+        for method in ([DIRECT] if req.add_reference or not restorers else []) + restorers:
+            t0 = time.time()
+            scored, plugged = None, None
+            try:
+                scored = None if method == DIRECT else create(method, _preset_for(method, req.preset, tm.name),
+                                                              req.weights)
+                method_kind = getattr(scored, "kind", "restorer")
+                # classification methods are also scored on the clean images: what they cost there (Table X); on
+                # real photos only the methods that change the classifier (de-drifters, fine-tuning)
+                on_clean = method == DIRECT or (task == "classification"
+                                                and (kind == "shapes" or method_kind != "restorer"))
+                job = [None] + corruptions if on_clean else list(corruptions)
+                net, restorer = tm.net, None if method_kind != "restorer" else scored
+                if method_kind != "restorer":
+                    if task != "classification":
+                        raise ValueError(f"{method} works inside a classifier; it has no {task} form")
+                    plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
+                stored = _direct_results(task, tm, req, items, cache) if method == DIRECT else None
+                cached = stored.results(job) if stored is not None else None
+                if cached is not None:  # nothing in the loop changes these: the task model on (corrupted) images
+                    for c, res in zip(job, cached):
+                        rows[task] += _rows(task, tm, scored, req, c, res, versions, time.time() - t0)
+                    continue
+                loaders = _loaders(task, req, job, cache, items)
+                ev = TaskEvaluator(task, net, len(job), tm.num_classes, restorer, req.tile)
+                trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
+                                    logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                    enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
+                                    inference_mode=True)
+                trainer.test(ev, dataloaders=loaders, verbose=False)
+            except Exception as e:  # noqa: BLE001
+                failures.append(JobFailure(f"{task}/{method}", req.dataset, f"{type(e).__name__}: {e}"))
+                continue
+            finally:
+                if hasattr(plugged, "detach_hook"):  # the shared classifier leaves the job as it came
+                    plugged.detach_hook()
+            if trainer.global_rank != 0:
+                continue
+            if stored is not None:
+                stored.store(job, ev.results)
+            seconds = time.time() - t0
+            for c, res in zip(job, ev.results):
+                rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds)
+    return rows, failures
+
+
+def _direct_results(task: str, tm, req: TaskRequest, items: Dataset | None, cache: CorruptionCache):
+    """The cache of this task's `clean`/`direct` results, keyed by the task model, its weights and the content of the
+    clean items; None where results are not cacheable (several processes: each sees a share)."""
+    if not cache.enabled or str(req.devices) not in ("1", "auto") or req.strategy not in ("auto", "single_device"):
+        return None
+    if items is None:  # shapes: the procedural scenes themselves
+        items = ShapesTaskSet(task, req.n_images or SHAPES_N[task], "test", req.seed, None, cache)
+    try:
+        weights = f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}"  # the file's bytes, where there is one
+    except (OSError, ValueError):
+        weights = str(tm.weights)  # a package's weights: its name and version
+    return TaskReferenceResults(cache, task, tm.name, weights, items_digest(items))
+
+
+def _preset_for(method: str, preset: str | None, task_model: str) -> str | None:
+    """A plug-in method named without a preset takes the preset trained for this classifier where there is one
+    (`afd` on efficientnet_lite0 -> `afd.lite0`)."""
+    from lightning_modules.registry import get_entry, split_name
+
+    name, named = split_name(method, preset)
+    if named:
+        return named
+    short = task_model.replace("efficientnet_", "")
+    try:
+        return short if short in get_entry(name).presets else None
+    except ValueError:
+        return None
+
+
+def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):
+    """Rows of one (method, corruption) result; `scored` is the method's module (None: the plain task model)."""
+    method_name = (CLEAN if c is None else DIRECT) if scored is None else scored.method_name
+    preset = "" if scored is None else scored.preset_name
+    if c is None:
+        codec, qf, passes, sub = "none", "", 0, ""
+    else:
+        codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
+    base = {
+        "task": task, "model": tm.name, "method": method_name, "preset": preset,
+        "dataset": dataset_label(req.dataset, req.n_images),
+        "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
+        "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
+        "weights_sha256": "" if scored is None else
+        leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
+        "codec_lib": codec_lib(codec, versions) if c is not None else "",
+        "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
+        "created_at": leaderboard.now(), "seconds": round(seconds, 1),
+    }
+    scale = 1.0 if task == "classification" else 100.0  # every value in percent, as the papers print them
+    out = []
+    for metric in METRICS[task]:
+        if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
+            out.append({**base, "metric": metric, "value": scale * res[metric]})
+    return out
+
+
+def format_task_table(task: str, rows: list[dict]) -> str:
+    """Wide table per task: one line per (method, corruption), metrics as columns, Δ vs `direct` on the first, and
+    the published value of the first metric where a paper reports this protocol (direct rows and `.paper` presets)."""
+    from benchmark.boards.published import task_value
+
+    if not rows:
+        return f"{task}: (no results)"
+    metrics = [m for m in METRICS[task] if any(r["metric"] == m for r in rows)]
+    lines: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
+        lines.setdefault(key, {"n": r["n_images"]})[r["metric"]] = r["value"]
+    direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] in (DIRECT, CLEAN)}
+    header = ["model", "method", "preset", "codec", "qf", "pass", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
+    table = []
+    for k, v in lines.items():
+        ref = direct.get((k[0], k[3], k[4], k[5], k[6]))
+        delta = "" if ref is None or k[1] in (DIRECT, CLEAN) else f"{v[metrics[0]] - ref[metrics[0]]:+.2f}"
+        paper = None
+        if k[1] == DIRECT or k[2] == "paper":
+            paper = task_value(task, k[6].partition(":")[0], k[0], k[1], k[3], str(k[4]), metrics[0])
+        table.append([k[0], k[1], k[2], k[3], str(k[4]), str(k[5] or ""), str(v["n"]),
+                      *(f"{v[m]:.2f}" if m in v else "-" for m in metrics), delta, "" if paper is None else f"{paper:g}"])
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([f"[{task}] {rows[0]['dataset']} (percent)", fmt(header), fmt(["-" * w for w in widths]),
+                      *map(fmt, table)])
+
+
+
+def restore_tiled(restorer, x: torch.Tensor, tile: int | None, overlap: int = 16) -> torch.Tensor:
+    """Restore whole, or in overlapping tiles when the image exceeds `tile` (memory budget). Each tile's border
+    `overlap` is discarded, so outputs equal the whole-image result away from seams (exactly, for a receptive field
+    smaller than the overlap)."""
+    h, w = x.shape[-2:]
+    if not tile or (h <= tile and w <= tile):
+        return restorer.restore(x)
+    if tile <= 2 * overlap:
+        raise ValueError(f"tile {tile} must exceed twice the overlap ({overlap})")
+    out = torch.empty_like(x)
+    step = tile - 2 * overlap
+    for y0 in range(0, h, step):
+        for x0 in range(0, w, step):
+            ys, xs = max(y0 - overlap, 0), max(x0 - overlap, 0)
+            ye, xe = min(y0 + step + overlap, h), min(x0 + step + overlap, w)
+            r = restorer.restore(x[..., ys:ye, xs:xe])
+            oy, ox = y0 - ys, x0 - xs
+            out[..., y0:min(y0 + step, h), x0:min(x0 + step, w)] = r[..., oy:oy + min(step, h - y0),
+                                                                     ox:ox + min(step, w - x0)]
+    return out
+
+
+class TaskEvaluator(L.LightningModule):
+    def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
+                 restorer: L.LightningModule | None = None, tile: int | None = None):
+        super().__init__()
+        self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
+        self.scores = nn.ModuleList(task_metric(task, num_classes) for _ in range(n_corruptions))
+        self.seen = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))  # distinct images scored
+        self.results: list[dict] = []
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        corrupted, _, target, meta = batch
+        x = corrupted.float() / 255.0
+        if self.restorer is not None:
+            x = restore_tiled(self.restorer, x, self.tile)
+            if not torch.isfinite(x).all():
+                raise ValueError(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf "
+                                 f"(images {meta['index'].tolist()})")
+            x = (x.clamp(0, 1) * 255).round() / 255  # restored images are 8-bit images, as saved
+        ids = meta["index"]
+        self.seen[dataloader_idx].update(torch.ones(len(ids), dtype=torch.float64), ids)
+        metric = self.scores[dataloader_idx]
+        if self.task == "classification":
+            # a cross-fitted classifier (jpeg_finetune.lite0) picks its fold copy by the label's fold, nothing else
+            logits = self.task_model(x, target) if getattr(self.task_model, "routes_by_label", False) \
+                else self.task_model(x)
+            metric.update(logits, target, ids=ids)
+        elif self.task == "segmentation":
+            metric.update(self.task_model(x).argmax(1), target, ids=ids)
+        else:
+            metric.update(self.task_model(list(x)), target, ids)
+
+    def on_test_epoch_end(self) -> None:
+        self.results = []
+        for metric, seen in zip(self.scores, self.seen):
+            values = metric.compute()
+            values = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor) or v.numel() == 1}
+            values["n_images"] = seen.n_images()
+            self.results.append(values)
+            metric.reset()
+            seen.reset()
