@@ -338,6 +338,9 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
             p = plot_task_passes(boards, task, metric, out / f"{task}_passes.png")
             if p:
                 plots[f"{task}: {metric} vs JPEG passes"] = p
+    from benchmark.boards.rd_plots import write_plots  # rate-distortion and rate-accuracy figures
+
+    plots.update(write_plots(boards, out))
     sections = [("Fidelity (measured; paper value and delta where a paper reports the same row)",
                  fidelity_table(df) if not df.empty else pd.DataFrame())]
     sections += [(f"{task.capitalize()} (values in percent)", task_table(boards, task)) for task in TASKS]

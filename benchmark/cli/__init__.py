@@ -161,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(measured rows whose weights file resolves here)")
     mb.add_argument("--leaderboard", default=None, help="folder of the boards (default leaderboards/)")
     mb.set_defaults(module="migrate_boards")
+
+    bd = sub.add_parser("bdrate", help="BD-rate and BD-metric of every method against the unrestored input "
+                                       "(rate-distortion and rate-accuracy) -> bdrate.csv")
+    bd.add_argument("--boards", default=None, help="folder of the boards read (default leaderboards/)")
+    bd.add_argument("--leaderboard", default=None,
+                    help="folder (or CSV) written: its bdrate.csv (default $CARBENCH_RESULTS or ./carbench-results/; "
+                         "the committed board: --leaderboard leaderboards/)")
+    bd.add_argument("--imagenet", default=None,
+                    help="ImageNet folder of the classification rows, to compute their bpp (default "
+                         "$CARBENCH_IMAGENET or ../shared/data/train/ImageNet_sample1000)")
+    bd.add_argument("--plot", default=None, metavar="DIR", help="also write the RD and rate-accuracy figures here")
+    bd.add_argument("--quiet", action="store_true")
+    bd.set_defaults(module="bdrate")
     return p
 
 

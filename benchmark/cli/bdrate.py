@@ -1,0 +1,42 @@
+"""`benchmark bdrate`: BD-rate and BD-metric of every method against the unrestored input -> bdrate.csv."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from benchmark.boards import leaderboard
+from benchmark.boards.bdrate import build, format_table, write
+
+
+def target(leaderboard_arg: str | None) -> Path:
+    if not leaderboard_arg:
+        return leaderboard.user_results_dir() / "bdrate.csv"
+    p = Path(leaderboard_arg)
+    return p / "bdrate.csv" if leaderboard_arg.endswith(("/", "\\")) or p.is_dir() else p
+
+
+def main(args) -> int:
+    from datamodules.classification import default_imagenet_folder
+
+    boards = Path(args.boards) if args.boards else leaderboard.LEADERBOARD_DIR
+    imagenet = Path(args.imagenet) if args.imagenet else default_imagenet_folder()
+    try:
+        rows, notes = build(boards, imagenet, progress=not args.quiet)
+    except leaderboard.LeaderboardError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = target(args.leaderboard)
+    if rows:
+        write(out, rows)
+        print(format_table(rows))
+        print(f"\n{len(rows)} rows -> {out}")
+    else:
+        print("no curve pair with enough points: nothing written")
+    for n in notes:
+        print(f"left out: {n}", file=sys.stderr)
+    if args.plot:
+        from benchmark.boards.rd_plots import write_plots
+
+        for title, p in write_plots(boards, Path(args.plot), out).items():
+            print(f"{title}: {p}")
+    return 0 if rows else 1

@@ -1,0 +1,212 @@
+"""BD-rate / BD-metric (benchmark.bdrate), the `benchmark bdrate` board and the RD figures (benchmark.rd_plots)."""
+from __future__ import annotations
+
+import argparse
+import io
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.boards import bdrate
+from benchmark.boards.bdrate import BDError, bd_metric, bd_rate
+from benchmark.cli import bdrate as bdrate_command
+
+# an RD curve shaped like JPEG on LIVE1 (bpp, PSNR): concave in log-rate, 6 points
+RATE = [0.25, 0.38, 0.55, 0.92, 1.43, 2.66]
+PSNR = [25.7, 27.0, 28.9, 30.3, 32.8, 36.9]
+
+
+def test_rates_scaled_by_0_9_at_equal_metric_is_exactly_minus_10_percent():
+    # log-rate shifts by ln 0.9 at every metric value, so the mean difference is ln 0.9: BD-rate = 0.9 - 1
+    assert bd_rate(RATE, PSNR, [0.9 * r for r in RATE], PSNR) == pytest.approx(-10.0, abs=1e-9)
+    assert bd_rate([0.9 * r for r in RATE], PSNR, RATE, PSNR) == pytest.approx(100 / 9, abs=1e-9)  # 1/0.9 - 1
+
+
+def test_metric_plus_one_db_at_equal_rates_is_exactly_plus_one():
+    assert bd_metric(RATE, PSNR, RATE, [p + 1 for p in PSNR]) == pytest.approx(1.0, abs=1e-12)
+    assert bd_metric(RATE, PSNR, RATE, PSNR) == 0.0 and bd_rate(RATE, PSNR, RATE, PSNR) == 0.0
+
+
+def test_shifted_curve_bd_rate_by_hand():
+    # a straight line in (PSNR, ln rate) is reproduced by PCHIP: ln r = (p - 20) / 5. The test curve, the same
+    # rates at +1 dB, is ln r = (p - 21) / 5: ln r_test - ln r_ref = -1/5 on the whole overlap, BD-rate = e^-0.2 - 1
+    p = np.array([26.0, 28.0, 30.0, 32.0, 34.0])
+    r = np.exp((p - 20) / 5)
+    assert bd_rate(r, p, r, p + 1) == pytest.approx(100 * math.expm1(-0.2), abs=1e-9)
+    assert bd_metric(r, p, r, p + 1) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_published_jctvc_examples():
+    """Two JCT-VC sequences (rates in kbit/s, PSNR in dB), the expected BD-rates of Netflix VMAF's
+    `BDrateCalculatorJCTVCTest` (github.com/Netflix/vmaf, python/test/bd_rate_calculator_test.py: -0.00465215420752807
+    and -0.018779823450567612 as fractions, asserted to 4 places; their calculator is PCHIP, "validated against
+    JCTVC-E137"). Our exact integral agrees to well within their tolerance."""
+    ref1 = ([108048.8736, 61279.976, 33905.6656, 18883.6928], [43.6471, 40.3953, 37.247, 34.2911])
+    test1 = ([108061.2784, 61299.9936, 33928.7472, 18910.912], [43.6768, 40.4232, 37.2761, 34.3147])
+    ref2 = ([40433.8848, 7622.7456, 2394.488, 1017.6184], [37.5761, 35.3756, 33.8977, 32.0603])
+    test2 = ([40370.12, 7587.0024, 2390.0944, 1017.0984], [37.5982, 35.4025, 33.9194, 32.0822])
+    assert bd_rate(*ref1, *test1) == pytest.approx(100 * -0.00465215420752807, abs=1e-4)
+    assert bd_rate(*ref2, *test2) == pytest.approx(100 * -0.018779823450567612, abs=1e-4)
+
+
+def test_order_of_points_does_not_matter():
+    perm = [3, 0, 5, 1, 4, 2]
+    test = [r * 0.8 for r in RATE]
+    assert bd_rate([RATE[i] for i in perm], [PSNR[i] for i in perm], test, PSNR) == \
+        pytest.approx(bd_rate(RATE, PSNR, test, PSNR), abs=1e-12)
+
+
+def test_refuses_bad_curves_naming_them():
+    with pytest.raises(BDError, match=r"dncnn curve: 3 point\(s\).*at least 4"):
+        bd_rate(RATE, PSNR, RATE[:3], PSNR[:3], test_name="dncnn curve")
+    bumpy = PSNR[:2] + [PSNR[1] - 0.5] + PSNR[3:]
+    with pytest.raises(BDError, match="arcnn: not monotonic"):
+        bd_metric(RATE, PSNR, RATE, bumpy, test_name="arcnn")
+    with pytest.raises(BDError, match="jpeg: rates must be > 0"):
+        bd_rate([0.0] + RATE[1:], PSNR, RATE, PSNR, ref_name="jpeg")
+    with pytest.raises(BDError, match="no overlapping metric interval"):
+        bd_rate(RATE, PSNR, RATE, [p + 20 for p in PSNR])
+    with pytest.raises(BDError, match="4 rates but 5 metric"):
+        bd_rate(RATE[:4], PSNR[:5], RATE, PSNR)
+
+
+# ---- the board -----------------------------------------------------------------------------------------------------
+def _fid_row(method, qf, psnr, ssim, bpp, preset="none", dataset="live1"):
+    return {"method": method, "preset": preset, "dataset": dataset, "channels": "rgb", "codec": "jpeg", "qf": qf,
+            "passes": 1, "subsampling": "420", "seed": 0, "n_images": 29, "n_skipped": 0, "psnr": psnr,
+            "ssim": ssim, "psnrb": psnr, "bpp": bpp, "source": "measured"}
+
+
+def _boards(tmp_path):
+    from benchmark.boards import leaderboard
+
+    qfs = [10, 20, 30, 40, 50]
+    rows = [_fid_row("jpeg", q, p, s, b) for q, p, s, b in zip(qfs, PSNR, [.70, .78, .83, .87, .90], RATE)]
+    # a restorer +1 dB / +0.01 SSIM at every QF (same bytes: the same corruption)
+    rows += [_fid_row("dncnn", q, p + 1, s + 0.01, b, "compact")
+             for q, p, s, b in zip(qfs, PSNR, [.70, .78, .83, .87, .90], RATE)]
+    rows += [_fid_row("arcnn", q, p + 1, 0.8, b, "compact") for q, p, b in zip(qfs[:3], PSNR, RATE)]  # 3 QFs
+    rows += [_fid_row("fbcnn", q, 30.0 - i, 0.8 + i / 100, b, "compact")  # PSNR falls with rate
+             for i, (q, b) in enumerate(zip(qfs, RATE))]
+    leaderboard.upsert(tmp_path / "fidelity.csv", rows)
+    return tmp_path
+
+
+def _args(**kw):
+    ns = {"boards": None, "leaderboard": None, "imagenet": None, "plot": None, "quiet": True}
+    ns.update(kw)
+    return argparse.Namespace(**ns)
+
+
+def test_command_writes_the_board(tmp_path, capsys):
+    boards = _boards(tmp_path / "boards")
+    out = tmp_path / "out" / "bdrate.csv"
+    assert bdrate_command.main(_args(boards=str(boards), leaderboard=str(out), imagenet=str(tmp_path / "none"))) == 0
+    df = bdrate.read(out)
+    dn = df[df.method == "dncnn"].set_index("metric")
+    assert set(dn.index) == {"psnr", "ssim"}
+    assert float(dn.loc["psnr", "bd_metric"]) == pytest.approx(1.0, abs=1e-6)
+    assert float(dn.loc["ssim", "bd_metric"]) == pytest.approx(0.01, abs=1e-6)
+    assert float(dn.loc["psnr", "bd_rate_pct"]) == pytest.approx(
+        bd_rate(RATE[:5], PSNR[:5], RATE[:5], [p + 1 for p in PSNR[:5]]), abs=1e-4)
+    assert dn.loc["psnr", "qf_range"] == "10-50" and dn.loc["psnr", "n_points"] == "5"
+    assert dn.loc["psnr", "reference"] == "jpeg" and dn.loc["psnr", "source"] == "measured"
+    assert bdrate.parse_rates(dn.loc["psnr", "rates"]) == {q: pytest.approx(b) for q, b in
+                                                            zip([10, 20, 30, 40, 50], RATE)}
+    # arcnn: 3 QFs; fbcnn: its PSNR falls with the rate (left out), its SSIM curve is fine
+    assert sorted(zip(df.method, df.metric)) == [("dncnn", "psnr"), ("dncnn", "ssim"), ("fbcnn", "ssim")]
+    err = capsys.readouterr().err
+    assert "arcnn.compact on live1" in err and "3 QF(s)" in err
+    assert "fbcnn.compact psnr curve of live1" in err and "not monotonic" in err
+    # re-running replaces the rows (one per key)
+    assert bdrate_command.main(_args(boards=str(boards), leaderboard=str(out), imagenet=str(tmp_path / "none"))) == 0
+    assert len(bdrate.read(out)) == 3
+
+
+def test_the_cli_knows_the_command():
+    from benchmark.cli import build_parser
+
+    args = build_parser().parse_args(["bdrate", "--boards", "b", "--plot", "p"])
+    assert args.module == "bdrate" and args.boards == "b" and args.plot == "p"
+
+
+def test_classification_rate_is_the_crops_bytes(tmp_path):
+    """The bpp of a classification row: the classifier's crop (shorter side 256 bicubic, centre 224) encoded at
+    the QF; checked against Pillow directly on the same files."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imagenet_sample"
+    folder.mkdir()
+    sizes = [(300, 400), (500, 333)]
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        px = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
+        Image.fromarray(px).save(folder / f"n01440764_{i}.png")
+    got = bdrate.classification_rates(folder, "jpeg", [10, 25], resize=256, crop=224, interpolation="bicubic")
+    first = bdrate.classification_rates(folder, "jpeg", [10, 25], n=1)  # rows of `dataset[:1]`
+    for q in (10, 25):
+        bits = []
+        for i, (h, w) in enumerate(sizes):
+            img = Image.open(folder / f"n01440764_{i}.png").convert("RGB")
+            nw, nh = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+            img = img.resize((nw, nh), Image.BICUBIC)
+            top, left = round((nh - 224) / 2), round((nw - 224) / 2)
+            buf = io.BytesIO()
+            img.crop((left, top, left + 224, top + 224)).save(buf, format="JPEG", quality=q, subsampling=2)
+            bits.append(8 * len(buf.getvalue()) / (224 * 224))
+        assert got[q] == pytest.approx(np.mean(bits), rel=1e-12)
+        assert first[q] == pytest.approx(bits[0], rel=1e-12)
+    assert got[10] < got[25]
+
+
+def test_classification_board_rows(tmp_path, monkeypatch):
+    from benchmark.boards import leaderboard
+
+    qfs, direct = [7, 10, 15, 18, 25], [50.1, 61.9, 70.2, 72.4, 75.1]
+    fake = {7: 0.31, 10: 0.40, 15: 0.52, 18: 0.58, 25: 0.72}
+    monkeypatch.setattr(bdrate, "_imagenet_spec", lambda *a: (tmp_path, None, 256, 224, "bicubic"))
+    monkeypatch.setattr(bdrate, "classification_rates", lambda folder, codec, need, *a: {q: fake[q] for q in need})
+    rows = []
+    for method, preset, shift in (("direct", "", 0.0), ("afd", "lite0", 2.0)):
+        for q, v in zip(qfs, direct):
+            for metric, val in (("top1", v + shift), ("top5", v + 20 + shift)):
+                rows.append({"task": "classification", "model": "efficientnet_lite0", "method": method,
+                             "preset": preset, "dataset": "imagenet-sample1000", "codec": "jpeg", "qf": q,
+                             "passes": 1, "subsampling": "420", "seed": 0, "metric": metric, "value": val,
+                             "n_images": 1000, "source": "measured",
+                             "model_weights": "x (resize 256 bicubic, crop 224)"})
+    leaderboard.upsert(tmp_path / "classification.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    out, notes = bdrate.build(tmp_path, tmp_path)
+    assert notes == [] and {(r["method"], r["metric"]) for r in out} == {("afd", "top1"), ("afd", "top5")}
+    top1 = next(r for r in out if r["metric"] == "top1")
+    assert float(top1["bd_metric"]) == pytest.approx(2.0, abs=1e-6)
+    assert float(top1["bd_rate_pct"]) == pytest.approx(
+        bd_rate([fake[q] for q in qfs], direct, [fake[q] for q in qfs], [v + 2 for v in direct]), abs=1e-4)
+    assert top1["reference"] == "direct" and bdrate.parse_rates(top1["rates"]) == pytest.approx(fake)
+
+
+def test_rd_figures(tmp_path):
+    from benchmark.boards import rd_plots
+
+    boards = _boards(tmp_path / "boards")
+    from benchmark.boards import leaderboard
+
+    extra = [_fid_row(f"m{k}", q, p + 0.1 * k, 0.8, b, "compact") for k in range(9)
+             for q, p, b in zip([10, 20, 30, 40, 50], PSNR, RATE)]
+    leaderboard.upsert(boards / "fidelity.csv", extra)
+    fig = rd_plots.rd_figure(leaderboard.read(boards / "fidelity.csv"), "live1", "rgb", "jpeg")
+    # jpeg + 12 methods (dncnn, arcnn, fbcnn, m0..m8) -> panels of <= 8 series, jpeg in each
+    counts = [len(ax.get_lines()) for ax in fig.axes]
+    assert all(c <= rd_plots.MAX_SERIES for c in counts) and sum(counts) == 12 + len(counts)
+    assert all(ax.get_lines()[0].get_label() == "jpeg" for ax in fig.axes)
+    paths = rd_plots.write_plots(boards, tmp_path / "plots")
+    assert [p.name for p in paths.values()] == ["rd_live1_rgb_jpeg.png"]
+    assert paths["Rate-distortion: live1 (rgb, jpeg)"].stat().st_size > 5000
+
+
+def test_qf_sets_add_the_training_range():
+    sweep = [5, 10, 20, 30, 40, 50, 60, 70, 80, 90]
+    assert bdrate.qf_sets(sweep) == [sweep, [5, 10, 20, 30, 40, 50]]
+    assert bdrate.qf_sets([10, 20, 30, 40]) == [[10, 20, 30, 40]]  # already inside: no duplicate row
+    assert bdrate.qf_sets([10, 20, 30, 60, 70]) == [[10, 20, 30, 60, 70]]  # 3 QFs <= 50: too few for a row
