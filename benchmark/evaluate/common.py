@@ -55,3 +55,8 @@ def codec_lib(codec: str, versions: dict) -> str:
     else:
         lib = versions["libjpeg_turbo"] and f"libjpeg-turbo {versions['libjpeg_turbo']}" or f"libjpeg {versions['libjpeg']}"
     return f"{lib}; pillow {versions['pillow']}"
+
+
+def single_process(devices, strategy: str) -> bool:
+    """One process sees every image: per-image results can be cached (under DDP each rank sees a share)."""
+    return str(devices) in ("1", "auto") and strategy in ("auto", "single_device")

@@ -17,7 +17,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from benchmark.boards import leaderboard, published
-from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning
+from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning, single_process
 from benchmark.evaluate.score_cache import ReferenceScores
 from benchmark.metrics import METRICS, PerImageMean, to_uint8
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
@@ -102,7 +102,7 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
     methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
     cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
     reference_scores = ReferenceScores(cache, req.channels)
-    single_process = str(req.devices) in ("1", "auto") and req.strategy in ("auto", "single_device")
+    one_process = single_process(req.devices, req.strategy)
     versions = codec_versions()
     rows, failures = [], []
     profile = {} if profile is None else profile
@@ -125,7 +125,7 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                 restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
                 if req.qf_override is not None and not is_ref:
                     set_qf_override(restorer, req.qf_override)
-                cached = reference_scores.results(dm.records, req.corruptions) if is_ref and single_process else None
+                cached = reference_scores.results(dm.records, req.corruptions) if is_ref and one_process else None
                 if cached is not None:  # the reference scores the corruption itself: nothing to recompute
                     profile["cached_reference_jobs"] += 1
                     for c, res in zip(req.corruptions, cached):
@@ -142,7 +142,7 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
             if trainer.global_rank != 0:
                 continue
             profile["forward_seconds"] += evaluator.forward_seconds
-            if is_ref and single_process:
+            if is_ref and one_process:
                 reference_scores.store(dm.records, req.corruptions, evaluator.per_image)
             seconds = time.time() - t0
             for c, res in zip(req.corruptions, evaluator.results):

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.boards import leaderboard
-from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning
+from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning, single_process
 from benchmark.evaluate.score_cache import TaskReferenceResults, items_digest
 from benchmark.metrics import PerImageMean, task_metric
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
@@ -271,7 +271,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
 def _direct_results(task: str, tm, req: TaskRequest, items: Dataset | None, cache: CorruptionCache):
     """The cache of this task's `clean`/`direct` results, keyed by the task model, its weights and the content of the
     clean items; None where results are not cacheable (several processes: each sees a share)."""
-    if not cache.enabled or str(req.devices) not in ("1", "auto") or req.strategy not in ("auto", "single_device"):
+    if not cache.enabled or not single_process(req.devices, req.strategy):
         return None
     if items is None:  # shapes: the procedural scenes themselves
         items = ShapesTaskSet(task, req.n_images or SHAPES_N[task], "test", req.seed, None, cache)
