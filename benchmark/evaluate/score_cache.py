@@ -120,3 +120,34 @@ class TaskReferenceResults:
         for c, res in zip(corruptions, results):
             atomic_write(self._path(c), json.dumps({k: (float(v) if isinstance(v, float) else v)
                                                     for k, v in res.items()}).encode())
+
+
+class PseudoBoxes:
+    """A detector's clean-image detections (boxes, labels above a score) per photo: the ground truth of consistency
+    mAP, stored once per (detector, its weights, the photos' content, the score threshold)."""
+
+    def __init__(self, cache: CorruptionCache, model: str, weights: str, items: str, score: float):
+        import hashlib
+
+        self.enabled = cache.enabled
+        ident = json.dumps([model, weights, items, score])
+        self.path = cache.root.parent / "pseudo-boxes" / f"{hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()}.pt"
+
+    def load(self, n: int) -> list[dict[str, torch.Tensor]] | None:
+        if not self.enabled:
+            return None
+        try:
+            boxes = torch.load(self.path, weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError):  # absent or damaged: detect again
+            return None
+        return boxes if isinstance(boxes, list) and len(boxes) == n else None
+
+    def save(self, boxes: list[dict[str, torch.Tensor]]) -> None:
+        if not self.enabled:
+            return
+        import io
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(boxes, buf)
+        atomic_write(self.path, buf.getvalue())

@@ -10,6 +10,10 @@ culprit and the others go on. Rows are long-format (one metric per row, values i
 Datasets: `shapes` (procedural, embedded; task models shipped) or a real layout `kind:PATH`:
 `imagenet:DIR` (wnid folders), `imagenet-flat:DIR` (`<wnid>_*.JPEG`), `cub200:DIR`, `flowers102:DIR` for
 classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC2012) for segmentation.
+Detection also runs on unannotated photos (`photos:DIR`, any image folder, and the ImageNet layouts), scored
+against two references named by the metric: `consistency_map*` (COCOeval with the detector's clean-image
+detections scoring >= 0.3 as ground truth: the protocol when no annotations exist) and `label_proxy` (photos whose
+ImageNet class is a COCO category: is a detection of that category scoring >= 0.3 there?).
 """
 
 from __future__ import annotations
@@ -26,9 +30,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.boards import leaderboard
-from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning, single_process
+from benchmark.evaluate.common import (
+    JobFailure,
+    codec_lib,
+    progress_bar,
+    quiet_lightning,
+    single_process,
+)
 from benchmark.evaluate.score_cache import TaskReferenceResults, items_digest
 from benchmark.metrics import PerImageMean, task_metric
+from benchmark.metrics.detection import LabelProxy
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import TASKS, ShapesTaskSet, collate
@@ -41,8 +52,14 @@ DIRECT, CLEAN = "direct", "clean"
 NO_RESTORATION = {"jpeg", "direct", "none"}  # names that mean "score the corrupted image as it is"
 
 
-REAL_DATASETS = {"imagenet": "classification", "imagenet-flat": "classification", "cub200": "classification",
-                 "flowers102": "classification", "coco": "detection", "voc": "segmentation"}
+# dataset kind -> the tasks it serves
+REAL_DATASETS = {"imagenet": ("classification", "detection"), "imagenet-flat": ("classification", "detection"),
+                 "cub200": ("classification",), "flowers102": ("classification",), "coco": ("detection",),
+                 "voc": ("segmentation",), "photos": ("detection",)}
+PHOTO_KINDS = {"imagenet", "imagenet-flat", "photos"}  # detection on them: no annotations, consistency + label proxy
+# metric of the evaluator -> the row's metric name on unannotated photos (the reference named in the row)
+PHOTO_METRICS = {"map": "consistency_map", "map_50": "consistency_map_50", "map_75": "consistency_map_75",
+                 "label_proxy": "label_proxy"}
 
 
 METRICS = {"classification": ("top1", "top5"), "detection": ("map", "map_50", "map_75"),
@@ -103,10 +120,15 @@ class CleanItems(Dataset):
     files named, skipped and counted); detection targets keep boxes and COCO category ids."""
 
     def __init__(self, kind: str, root: str, n: int | None = None, wnids: str | None = None, preprocess=None,
-                 progress: bool = False):
+                 progress: bool = False, task: str = "classification"):
         self.skipped: list[tuple[str, str]] = []
         self.converted: list[tuple[str, str]] = []
-        if kind in ("imagenet", "imagenet-flat", "cub200", "flowers102"):
+        if task == "detection" and kind in PHOTO_KINDS:
+            from datamodules.photos import PhotoDetectionSet
+
+            self.base = PhotoDetectionSet(root, "folder" if kind == "photos" else kind, n, progress)
+            self.skipped, self.converted = self.base.skipped, self.base.converted
+        elif kind in ("imagenet", "imagenet-flat", "cub200", "flowers102"):
             from datamodules import classification as C
 
             layout = {"imagenet": C.imagenet_folders, "imagenet-flat": C.imagenet_flat,
@@ -133,7 +155,7 @@ class CleanItems(Dataset):
     def __getitem__(self, i: int):
         item = self.base[i]
         if self.kind == "coco":
-            return item[0], {"boxes": item[1]["boxes"], "labels": item[1]["labels"]}
+            return item[0], {"boxes": item[1]["boxes"], "labels": item[1]["labels"]}  # the boxes COCOeval needs
         return item[0], item[1]
 
 
@@ -166,9 +188,9 @@ def check_request(tasks: list[str], dataset: str) -> str:
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
     kind, _ = parse_dataset(dataset)
-    wrong = [t for t in tasks if kind != "shapes" and REAL_DATASETS[kind] != t]
+    wrong = [t for t in tasks if kind != "shapes" and t not in REAL_DATASETS[kind]]
     if wrong:
-        raise ValueError(f"dataset {dataset!r} is a {REAL_DATASETS[kind]} set, not {', '.join(wrong)}")
+        raise ValueError(f"dataset {dataset!r} is a {' / '.join(REAL_DATASETS[kind])} set, not {', '.join(wrong)}")
     return kind
 
 
@@ -211,7 +233,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             items = None
             if kind != "shapes":  # decoded once for every job of this task
                 items = CleanItems(kind, parse_dataset(req.dataset)[1], req.n_images, req.wnids, tm.preprocess,
-                                   req.progress)
+                                   req.progress, task)
                 if items.skipped:
                     print(f"{task}: {len(items.skipped)} file(s) skipped: "
                           + "; ".join(f"{Path(p).name} ({why})" for p, why in items.skipped[:5]), file=sys.stderr)
@@ -219,6 +241,9 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                     print(f"{task}: {len(items.converted)} file(s) converted to RGB: "
                           + ", ".join(Path(p).name for p, _ in items.converted[:5])
                           + (" ..." if len(items.converted) > 5 else ""), file=sys.stderr)
+            photos = task == "detection" and kind in PHOTO_KINDS
+            if photos:  # the ground truth of consistency mAP: the detector's own clean-image detections
+                items = pseudo_labelled(items, tm, cache, req.progress)
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
             failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
             continue
@@ -246,7 +271,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                         rows[task] += _rows(task, tm, scored, req, c, res, versions, time.time() - t0)
                     continue
                 loaders = _loaders(task, req, job, cache, items)
-                ev = TaskEvaluator(task, net, len(job), tm.num_classes, restorer, req.tile)
+                ev = TaskEvaluator(task, net, len(job), tm.num_classes, restorer, req.tile, label_proxy=photos)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -268,6 +293,37 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
     return rows, failures
 
 
+def pseudo_labelled(photos: Dataset, tm, cache: CorruptionCache, progress: bool) -> Dataset:
+    """The photos with the detector's clean-image detections scoring >= LABEL_PROXY_SCORE as their boxes; computed
+    once per (detector, weights, photos) and cached beside the corruptions."""
+    from benchmark.evaluate.score_cache import PseudoBoxes
+    from benchmark.metrics.detection import LABEL_PROXY_SCORE
+    from datamodules.photos import WithPseudoBoxes
+
+    store = PseudoBoxes(cache, tm.name, _weights_key(tm), items_digest(photos), LABEL_PROXY_SCORE)
+    boxes = store.load(len(photos))
+    if boxes is None:
+        from tqdm.auto import tqdm
+
+        boxes = []
+        it = tqdm(range(len(photos)), desc=f"{tm.name} on the clean photos", leave=False, file=sys.stderr,
+                  disable=not progress)
+        with torch.inference_mode():
+            for i in it:
+                (out,) = tm.net([photos[i][0].float() / 255.0])
+                keep = out["scores"] >= LABEL_PROXY_SCORE
+                boxes.append({"boxes": out["boxes"][keep].cpu(), "labels": out["labels"][keep].cpu()})
+        store.save(boxes)
+    return WithPseudoBoxes(photos, boxes)
+
+
+def _weights_key(tm) -> str:
+    try:
+        return f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}"  # the file's bytes, where there is one
+    except (OSError, ValueError):
+        return str(tm.weights)  # a package's weights: its name and version
+
+
 def _direct_results(task: str, tm, req: TaskRequest, items: Dataset | None, cache: CorruptionCache):
     """The cache of this task's `clean`/`direct` results, keyed by the task model, its weights and the content of the
     clean items; None where results are not cacheable (several processes: each sees a share)."""
@@ -275,11 +331,7 @@ def _direct_results(task: str, tm, req: TaskRequest, items: Dataset | None, cach
         return None
     if items is None:  # shapes: the procedural scenes themselves
         items = ShapesTaskSet(task, req.n_images or SHAPES_N[task], "test", req.seed, None, cache)
-    try:
-        weights = f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}"  # the file's bytes, where there is one
-    except (OSError, ValueError):
-        weights = str(tm.weights)  # a package's weights: its name and version
-    return TaskReferenceResults(cache, task, tm.name, weights, items_digest(items))
+    return TaskReferenceResults(cache, task, tm.name, _weights_key(tm), items_digest(items))
 
 
 def _preset_for(method: str, preset: str | None, task_model: str) -> str | None:
@@ -317,10 +369,13 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),
     }
     scale = 1.0 if task == "classification" else 100.0  # every value in percent, as the papers print them
+    names = PHOTO_METRICS if task == "detection" and parse_dataset(req.dataset)[0] in PHOTO_KINDS else \
+        {m: m for m in METRICS[task]}
     out = []
-    for metric in METRICS[task]:
+    for metric, name in names.items():
         if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
-            out.append({**base, "metric": metric, "value": scale * res[metric]})
+            n = res["n_label"] if metric == "label_proxy" else res["n_images"]
+            out.append({**base, "metric": name, "value": scale * res[metric], "n_images": n})
     return out
 
 
@@ -331,7 +386,8 @@ def format_task_table(task: str, rows: list[dict]) -> str:
 
     if not rows:
         return f"{task}: (no results)"
-    metrics = [m for m in METRICS[task] if any(r["metric"] == m for r in rows)]
+    known = METRICS[task] + (tuple(PHOTO_METRICS.values()) if task == "detection" else ())
+    metrics = [m for m in known if any(r["metric"] == m for r in rows)]
     lines: dict[tuple, dict] = {}
     for r in rows:
         key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
@@ -378,10 +434,12 @@ def restore_tiled(restorer, x: torch.Tensor, tile: int | None, overlap: int = 16
 
 class TaskEvaluator(L.LightningModule):
     def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
-                 restorer: L.LightningModule | None = None, tile: int | None = None):
+                 restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False):
         super().__init__()
         self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
         self.scores = nn.ModuleList(task_metric(task, num_classes) for _ in range(n_corruptions))
+        # unannotated photos: also "is the photo's ImageNet class detected?"
+        self.proxy = nn.ModuleList(LabelProxy() for _ in range(n_corruptions)) if label_proxy else None
         self.seen = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))  # distinct images scored
         self.results: list[dict] = []
 
@@ -405,7 +463,10 @@ class TaskEvaluator(L.LightningModule):
         elif self.task == "segmentation":
             metric.update(self.task_model(x).argmax(1), target, ids=ids)
         else:
-            metric.update(self.task_model(list(x)), target, ids)
+            outputs = self.task_model(list(x))
+            metric.update(outputs, target, ids)
+            if self.proxy is not None:
+                self.proxy[dataloader_idx].update(outputs, target, ids)
 
     def on_test_epoch_end(self) -> None:
         self.results = []
@@ -413,6 +474,9 @@ class TaskEvaluator(L.LightningModule):
             values = metric.compute()
             values = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor) or v.numel() == 1}
             values["n_images"] = seen.n_images()
+            if self.proxy is not None:
+                values.update(self.proxy[len(self.results)].compute())
+                self.proxy[len(self.results)].reset()
             self.results.append(values)
             metric.reset()
             seen.reset()

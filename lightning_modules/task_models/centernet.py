@@ -238,7 +238,7 @@ def load_centernet_tfjs(net: CenterNetMobileNetV3, source: str | Path | tuple[di
     """Fill `net` from the graph (`centernet.json` path, or its already-read (graph, weights)): every parameter from
     its named tensor, every weight tensor of the graph used, the float16 scales from the graph's constants. A missing,
     mis-shaped or unused tensor is an error naming it."""
-    graph, weights = read_weights(source) if isinstance(source, (str, Path)) else source
+    _, weights = read_weights(source) if isinstance(source, (str, Path)) else source
     where = source if isinstance(source, (str, Path)) else "the CenterNet graph"
     params = dict(net.named_parameters())
     state, used = {}, set()
