@@ -186,7 +186,7 @@ def _conv_table() -> list[tuple[str, str, str]]:
     prefixes += [f"fpn.lateral_convs.{i}" for i in range(3)]  # convolution_25..27
     for level in range(3):  # convolution_28..33
         prefixes += [f"head.cls_convs.{level}.0", f"head.gfl_cls.{level}"]
-    # bias tensor numbers: 2 * i for the backbone and neck; the converter skipped 56/58 (the unused gfl_reg) and 64
+    # bias tensor numbers: 2 * i through the neck, then the head's (56 and 58 are absent; 63/64 are Reshape shapes)
     bias_ids = [2 * i for i in range(28)] + [60, 62, 66, 68, 70, 72]
     return [(p if p.startswith("head.gfl_cls") else f"{p}.conv", "PartitionedCall/split" + (f"_{i}" if i else ""),
              f"unknown_{b}") for i, (p, b) in enumerate(zip(prefixes, bias_ids))]
