@@ -51,16 +51,20 @@ def test_port_equals_the_graph_on_real_photos(graph, net):
     g, weights = graph
     outs = ["tower_0/keypoints", "tower_0/wh", "tower_0/detections"]
     for name, rgb in _photos().items():
+        say = lambda m, name=name: f"{name}: {m}"  # noqa: E731 -- which photo failed
         x = CenterNetDetector.letterbox(_to_tensor(rgb))[0]
         ref = evaluate(g, weights, {"tower_0/images": x.permute(1, 2, 0)[None]}, outs)
         with torch.no_grad():
             heat, wh = net(x[None])
-        torch.testing.assert_close(heat.permute(0, 2, 3, 1), ref[outs[0]], atol=1e-4, rtol=0, msg=name)
-        # sizes are in input pixels (up to ~500): 1e-4 of the value
-        torch.testing.assert_close(wh.permute(0, 2, 3, 1), ref[outs[1]], atol=1e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(heat.permute(0, 2, 3, 1), ref[outs[0]], atol=1e-4, rtol=0, msg=say)
+        # sizes are input pixels (up to ~400): to 1e-4 of the largest (float32 summation order and the thread count
+        # move single values by up to ~2e-3 px)
+        size_tol = 1e-4 * float(ref[outs[1]].abs().max())
+        torch.testing.assert_close(wh.permute(0, 2, 3, 1), ref[outs[1]], atol=size_tol, rtol=0, msg=say)
         det, ref_det = decode(heat, wh), ref[outs[2]]
         assert torch.equal(det[..., 5], ref_det[..., 5]), name  # the same peaks in the same order
-        torch.testing.assert_close(det, ref_det, atol=1e-4, rtol=1e-4, msg=name)
+        torch.testing.assert_close(det[..., 4], ref_det[..., 4], atol=1e-4, rtol=0, msg=say)  # scores
+        torch.testing.assert_close(det[..., :4], ref_det[..., :4], atol=size_tol, rtol=0, msg=say)  # boxes, px
 
 
 def test_detector_finds_the_astronaut_in_image_pixels(graph):

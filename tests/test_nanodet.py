@@ -9,13 +9,11 @@ import pytest
 import torch
 from PIL import Image
 from skimage import data
-from torchvision.models._meta import _COCO_CATEGORIES
 from torchvision.ops import box_iou
 
 from lightning_modules.task_models.nanodet import (
-    COCO_CATEGORY_IDS,
     NanoDetDetector,
-    NanoDetM,
+    NanoDetG,
     gfl_decode,
     load_nanodet_tfjs,
 )
@@ -46,7 +44,7 @@ def graph_weights():
 
 @pytest.fixture(scope="module")
 def detector(graph_weights):
-    return NanoDetDetector(load_nanodet_tfjs(NanoDetM(), graph_weights)).eval()
+    return NanoDetDetector(load_nanodet_tfjs(NanoDetG(), graph_weights)).eval()
 
 
 def _rgb(array: np.ndarray) -> torch.Tensor:
@@ -97,23 +95,19 @@ def test_gfl_decode_one_hot_bins():
     torch.testing.assert_close(boxes[cell], torch.tensor([40.0 - 16, 24.0 - 32, 40.0 + 48, 24.0 + 160]))
 
 
-def test_coco_category_table_is_torchvisions():
-    assert list(COCO_CATEGORY_IDS) == [i for i, n in enumerate(_COCO_CATEGORIES) if n not in ("N/A", "__background__")]
-
-
 @need_weights
 def test_converter_names_missing_reshaped_and_extra_tensors(graph_weights):
     graph, weights = graph_weights
     missing = dict(weights)
     del missing["PartitionedCall/split_7"]
     with pytest.raises(GraphError, match=r"'PartitionedCall/split_7'.*missing"):
-        load_nanodet_tfjs(NanoDetM(), (graph, missing))
+        load_nanodet_tfjs(NanoDetG(), (graph, missing))
     reshaped = dict(weights, unknown_48=weights["unknown_48"][:-1])
     with pytest.raises(GraphError, match=r"'unknown_48'.*backbone\.stages\.5\.res_out_conv\.conv\.bias"):
-        load_nanodet_tfjs(NanoDetM(), (graph, reshaped))
+        load_nanodet_tfjs(NanoDetG(), (graph, reshaped))
     extra = dict(weights, **{"PartitionedCall/split_34": torch.zeros(1, 1, 128, 44)})
     with pytest.raises(GraphError, match=r"'PartitionedCall/split_34' is not used"):
-        load_nanodet_tfjs(NanoDetM(), (graph, extra))
+        load_nanodet_tfjs(NanoDetG(), (graph, extra))
 
 
 @need_weights

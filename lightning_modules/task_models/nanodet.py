@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from datamodules.detection import coco_categories
 from lightning_modules.task_models.tfjs import GraphError, read_weights
 
 INPUT_SIZE = 416
@@ -40,14 +41,6 @@ REG_MAX = 10
 # upstream NanoDet's normalisation, in BGR order on 0..255 pixels
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.12, 58.395)
-
-# COCO category id (the 91-id convention torchvision's detectors use) of each of the 80 contiguous classes
-COCO_CATEGORY_IDS = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
-    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
-    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
-)
-
 
 class ConvModule(nn.Module):
     """Upstream's ConvModule after BatchNorm folding: conv with bias, then LeakyReLU(0.1) unless `act` is False."""
@@ -154,7 +147,7 @@ class NanoDetHead(nn.Module):
         return scores, dists
 
 
-class NanoDetM(nn.Module):
+class NanoDetG(nn.Module):
     """The network of `nanodet.json` (NanoDet-g layout, see the module docstring), NCHW.
 
     Input: (B, 3, 416, 416) BGR, (x - BGR_MEAN) / BGR_STD. Output, in the graph's order (`Identity`, `Identity_1`,
@@ -206,7 +199,7 @@ def _learned_tensor_names(graph: dict) -> set[str]:
     return names
 
 
-def load_nanodet_tfjs(net: NanoDetM, source: str | Path | tuple[dict, dict[str, torch.Tensor]]) -> NanoDetM:
+def load_nanodet_tfjs(net: NanoDetG, source: str | Path | tuple[dict, dict[str, torch.Tensor]]) -> NanoDetG:
     """Copy the graph's weights into `net` through `CONV_TABLE`. `source` is the `.json` path or an already read
     (graph, weights) pair. Strict: a table tensor missing from the weights, a weights tensor that is neither in the
     table nor a structural constant of the graph (pads, perms, shapes), or a shape mismatch raises GraphError."""
@@ -248,7 +241,7 @@ def gfl_decode(dists: torch.Tensor, stride: int, height: int, width: int) -> tor
 
 
 class NanoDetDetector(nn.Module):
-    """torchvision-style detector around `NanoDetM`: forward(list of (3, H, W) RGB float tensors in [0, 1]) ->
+    """torchvision-style detector around `NanoDetG`: forward(list of (3, H, W) RGB float tensors in [0, 1]) ->
     list of {"boxes": (K, 4) xyxy float32 in the image's pixels, "labels": int64 COCO category ids, "scores"}.
 
     Preprocessing (upstream's, for a model trained without keep-ratio): x255, RGB->BGR, a plain resize to 416x416
@@ -256,13 +249,13 @@ class NanoDetDetector(nn.Module):
     (1, H, W) image is repeated to 3 channels, so the model sees the gray photo it would see from a colour camera.
     """
 
-    def __init__(self, net: NanoDetM, score_threshold: float = 0.05, nms_iou: float = 0.6, max_detections: int = 100):
+    def __init__(self, net: NanoDetG, score_threshold: float = 0.05, nms_iou: float = 0.6, max_detections: int = 100):
         super().__init__()
         self.net = net
         self.score_threshold, self.nms_iou, self.max_detections = score_threshold, nms_iou, max_detections
         self.register_buffer("mean", torch.tensor(BGR_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(BGR_STD).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("category_ids", torch.tensor(COCO_CATEGORY_IDS), persistent=False)
+        self.register_buffer("category_ids", torch.tensor(list(coco_categories())), persistent=False)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """(3 or 1, H, W) RGB in [0, 1] -> (1, 3, 416, 416) normalised BGR."""
@@ -292,6 +285,6 @@ class NanoDetDetector(nn.Module):
         return [self.postprocess(self.net(self.preprocess(im)), im.shape[-2], im.shape[-1]) for im in images]
 
 
-def build_nanodet_m(json_path: str | Path) -> NanoDetDetector:
+def build_nanodet_g(json_path: str | Path) -> NanoDetDetector:
     """The packaged NanoDet (`nanodet.json` + `.bin`), weights loaded strictly, in eval mode."""
-    return NanoDetDetector(load_nanodet_tfjs(NanoDetM(), json_path)).eval()
+    return NanoDetDetector(load_nanodet_tfjs(NanoDetG(), json_path)).eval()
