@@ -130,7 +130,7 @@ class PseudoBoxes:
         import hashlib
 
         self.enabled = cache.enabled
-        ident = json.dumps([model, weights, items, score])
+        ident = json.dumps([model, weights, items, score, "boxes+labels+scores"])
         self.path = cache.root.parent / "pseudo-boxes" / f"{hashlib.blake2b(ident.encode(), digest_size=16).hexdigest()}.pt"
 
     def load(self, n: int) -> list[dict[str, torch.Tensor]] | None:
