@@ -14,7 +14,7 @@ from benchmark.cli import main
 from benchmark.metrics import perceptual
 from benchmark.metrics.perceptual import LPIPS, PerceptualWeightsError, PerceptualWeightsMissing, lpips
 
-from .conftest import smooth_image
+from .conftest import need_shared, smooth_image
 
 
 @pytest.fixture
@@ -164,3 +164,32 @@ def test_run_refuses_unknown_metrics_and_a_missing_backbone_by_name(hub, tmp_pat
     rc, _, err = _run(["run", "--task", "classification", "--method", "jpeg", "--metrics", "lpips", "--dry-run"],
                       capsys)
     assert rc == 2 and "--metrics" in err
+
+
+@need_shared("published", "fidelity.csv")
+def test_import_paper_brings_jarcal_table_2_lpips_into_the_table_1_rows(tmp_path):
+    from benchmark.boards import leaderboard, published
+
+    assert main(["import-paper", "--paper", "jarcal", "--leaderboard-dir", str(tmp_path)]) == 0
+    board = leaderboard.read(tmp_path / "fidelity.csv", "fidelity")
+    assert set(board.source) == {"paper"}
+    src = published.load("fidelity")
+    src = src[(src.paper == "jarcal")].set_index(["table", "method", "dataset", "channels", "qf", "metric"]).value
+    lpips_rows = board[board.lpips != ""]
+    table2 = src.xs("2", level="table").xs("lpips", level="metric")
+    assert len(lpips_rows) == len(table2) > 0
+    for r in lpips_rows.itertuples():
+        assert float(r.lpips) == float(table2[(r.method, r.dataset, r.channels, r.qf)])
+        # the same setting's Table 1 numbers stay in the row (they were lost when Table 2 replaced it)
+        assert float(r.psnr) == float(src[("1", r.method, r.dataset, r.channels, r.qf, "psnr")])
+        assert "Table 1" in r.weights and "Table 2" in r.weights
+
+
+def test_two_tables_disagreeing_on_one_metric_are_an_error(monkeypatch):
+    from benchmark.boards import published
+
+    rows = [{"paper": "p", "table": t, "dataset": "d", "channels": "y", "codec": "jpeg", "qf": "10", "method": "m",
+             "metric": "lpips", "value": v, "note": ""} for t, v in (("1", "0.10"), ("2", "0.20"))]
+    monkeypatch.setattr(published, "load", lambda name="fidelity": pd.DataFrame(rows))
+    with pytest.raises(ValueError, match="lpips 0.10 .*p Table 1.* vs 0.20 .*p Table 2"):
+        published.paper_fidelity_rows("p")
