@@ -183,8 +183,9 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
         "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
         "n_images": res["n_images"], "n_skipped": len(dm.report.skipped),
         "n_gray": 0 if channels == "gray" else sum(r.is_gray for r in dm.records),
-        "psnr": res["psnr"], "ssim": res["ssim"],
-        "psnrb": res["psnrb"], "lpips": res.get("lpips", ""), "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
+        "psnr": res["psnr"], "ssim": res["ssim"], "psnrb": res["psnrb"],
+        "lpips": res.get("lpips", ""),  # "": not requested (--metrics)
+        "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
         "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
         "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
         "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,

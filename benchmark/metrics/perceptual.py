@@ -25,7 +25,7 @@ from torch import nn
 
 from benchmark.metrics.fidelity import _PerImageMean, _prepare
 
-# net -> (torchvision's file name, the torchvision builder): the names torchvision itself caches them under
+# net -> torchvision's file name for its ImageNet weights: the name torchvision itself caches it under
 BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth"}
 BACKBONE_URL = "https://download.pytorch.org/models/{}"
 NETS = tuple(BACKBONE_FILES)
@@ -46,11 +46,11 @@ def backbone_path(net: str = "alex") -> Path:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / BACKBONE_FILES[net]
     if not path.is_file():
+        url = BACKBONE_URL.format(BACKBONE_FILES[net])
         raise PerceptualWeightsMissing(
             f"LPIPS({net}) needs the torchvision ImageNet backbone {BACKBONE_FILES[net]}, not found at {path}. "
-            f"Nothing is downloaded at run time: on a connected machine fetch {BACKBONE_URL.format(BACKBONE_FILES[net])} "
-            f"and put it in {folder} (torchvision's cache: $TORCH_HOME/hub/checkpoints, default "
-            f"~/.cache/torch/hub/checkpoints)")
+            f"Nothing is downloaded at run time: on a connected machine fetch {url} and put it in {folder} "
+            f"(torchvision's cache: $TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/checkpoints)")
     return path
 
 
