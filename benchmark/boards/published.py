@@ -80,10 +80,17 @@ def task_value(task: str, dataset_kind: str, model: str, method: str, codec: str
     return values.pop() if len(values) == 1 else None
 
 
+# the published metrics with a fidelity-board column (jarcal Table 2's FID has none: a set-level statistic, not a
+# per-image mean, which carbench does not measure; it stays in ../shared/published)
+PAPER_FIDELITY_METRICS = ("psnr", "ssim", "psnrb", "lpips")
+
+
 def paper_fidelity_rows(paper: str) -> list[dict]:
     """A paper's fidelity tables (not its single-image figures) as leaderboard rows with source=paper: one row
-    per (table, dataset, channels, codec, QF, method), metrics side by side. Datasets keep the paper's names
-    (dagn's `bsd500` is its own image set, not carbench's `bsds500`)."""
+    per (dataset, channels, codec, QF, method), metrics side by side. Two tables that print different metrics of
+    one setting (jarcal Table 1: PSNR/SSIM/PSNR-B, Table 2: LPIPS) make one row naming both; two different values
+    of one metric are an error. Datasets keep the paper's names (dagn's `bsd500` is its own image set, not
+    carbench's `bsds500`)."""
     df = load("fidelity")
     if df.empty:
         return []
@@ -93,12 +100,34 @@ def paper_fidelity_rows(paper: str) -> list[dict]:
             ["table", "dataset", "channels", "codec", "qf", "method"], sort=True):
         metrics = dict(zip(g.metric, g.value))
         notes = sorted({n for n in g.note if n})
+        if not set(metrics) & set(PAPER_FIDELITY_METRICS):
+            continue
         rows.append({"method": method, "preset": "paper", "dataset": dataset, "channels": channels, "codec": codec,
                      "qf": qf, "passes": 1, "subsampling": "", "seed": "", "source": "paper",
-                     "psnr": metrics.get("psnr", ""), "ssim": metrics.get("ssim", ""),
-                     "psnrb": metrics.get("psnrb", ""),
+                     **{m: metrics.get(m, "") for m in PAPER_FIDELITY_METRICS},
                      "weights": f"{paper} Table {table}" + (f": {'; '.join(notes)}" if notes else "")})
-    return rows
+    return _merge_tables(rows)
+
+
+def _merge_tables(rows: list[dict]) -> list[dict]:
+    """One fidelity row per leaderboard key: the metrics of every table that prints that setting (before, a later
+    table's row replaced an earlier one's under the same key and its numbers were lost)."""
+    from benchmark.boards.leaderboard import FIDELITY_KEY
+
+    merged: dict[tuple, dict] = {}
+    for r in rows:
+        key = tuple(str(r.get(k, "")) for k in FIDELITY_KEY)
+        if key not in merged:
+            merged[key] = dict(r)
+            continue
+        row = merged[key]
+        for m in PAPER_FIDELITY_METRICS:
+            if r[m] != "" and row[m] != "" and float(r[m]) != float(row[m]):
+                raise ValueError(f"published rows disagree for {dict(zip(FIDELITY_KEY, key))}: {m} {row[m]} "
+                                 f"({row['weights']}) vs {r[m]} ({r['weights']})")
+            row[m] = row[m] if row[m] != "" else r[m]
+        row["weights"] += "; also " + r["weights"]
+    return list(merged.values())
 
 
 # the papers' method names for carbench's methods (the AFD paper's DDP and "transfer learning" rows)

@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--subsampling", default="420", choices=["420", "444"], help="chroma subsampling of colour images")
     r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")
+    r.add_argument("--metrics", default="psnr,ssim,psnrb", help="comma list of fidelity metrics: psnr, ssim, psnrb "
+                   "(always computed: every row carries them) and lpips (AlexNet LPIPS from the local torchvision "
+                   "file; see the README's metrics section)")
     r.add_argument("--preset", default=None)
     r.add_argument("--weights", default=None, help="weights file for the (non-reference) methods")
     r.add_argument("--qf-override", type=_qf_override, default=None, metavar="QF",

@@ -36,7 +36,18 @@ def main(args) -> int:
     except MethodError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    from benchmark.metrics import DEFAULT_METRICS, PerceptualWeightsError, PerceptualWeightsMissing, fidelity_metrics
+
+    try:
+        metrics = fidelity_metrics(args.metrics)
+    except ValueError as e:
+        print(f"error: --metrics: {e}", file=sys.stderr)
+        return EXIT_USAGE
     if args.task:
+        if metrics != DEFAULT_METRICS:
+            print("error: --metrics applies to fidelity runs; --task runs score their task's metrics",
+                  file=sys.stderr)
+            return EXIT_USAGE
         return _run_tasks(args, methods, corruptions)
     from benchmark.boards import leaderboard
     from benchmark.evaluate.fidelity import REFERENCE_METHOD, FidelityRequest, format_table, run_fidelity
@@ -52,10 +63,14 @@ def main(args) -> int:
                           channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
                           cache_dir=args.cache_dir, use_cache=not args.no_cache, accelerator=args.accelerator,
                           devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet,
-                          qf_override=args.qf_override)
+                          qf_override=args.qf_override, metrics=metrics)
     t0 = time.time()
     profile: dict = {}
-    rows, failures = run_fidelity(req, profile)
+    try:
+        rows, failures = run_fidelity(req, profile)
+    except (PerceptualWeightsMissing, PerceptualWeightsError) as e:  # checked before any job: nothing was run
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
     path = None
     if rows:  # written before anything else can go wrong: measured rows are never lost

@@ -1,4 +1,5 @@
-"""Fidelity: restore each test image and score it (PSNR, SSIM, PSNR-B, bpp); the runner and its evaluator.
+"""Fidelity: restore each test image and score it (PSNR, SSIM, PSNR-B, bpp; LPIPS on request); the runner and its
+evaluator.
 
 One job = one (method, dataset): a single `Trainer.test` over one dataloader per corruption. A failing job (bad
 weights, NaN output, missing data) is reported with its culprit and the other jobs go on; every finished job's rows
@@ -19,7 +20,14 @@ from torchmetrics import MetricCollection
 from benchmark.boards import leaderboard, published
 from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning, single_process
 from benchmark.evaluate.score_cache import ReferenceScores
-from benchmark.metrics import METRICS, PerImageMean, to_uint8
+from benchmark.metrics import (
+    DEFAULT_METRICS,
+    FIDELITY_METRICS,
+    PERCEPTUAL_METRICS,
+    PerImageMean,
+    fidelity_metrics,
+    to_uint8,
+)
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.fidelity import EvalDataModule
 from lightning_modules import create
@@ -45,6 +53,7 @@ class FidelityRequest:
     add_reference: bool = True
     progress: bool = True
     qf_override: int | None = None  # FBCNN's flexible control: restore as if the input had this QF
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # `benchmark.metrics.fidelity_metrics(...)`: the core three + extras
 
 
 
@@ -53,11 +62,12 @@ class NonFiniteOutput(ValueError):  # also: an output of the wrong shape
 
 
 class FidelityEvaluator(L.LightningModule):
-    def __init__(self, restorer: L.LightningModule, n_corruptions: int, channels: str = "rgb"):
+    def __init__(self, restorer: L.LightningModule, n_corruptions: int, channels: str = "rgb",
+                 metrics: tuple[str, ...] = DEFAULT_METRICS):
         super().__init__()
         self.restorer, self.channels = restorer, channels
         self.scores = nn.ModuleList(
-            MetricCollection({k: cls(channels) for k, cls in METRICS.items()}, compute_groups=False)
+            MetricCollection({k: FIDELITY_METRICS[k](channels) for k in metrics}, compute_groups=False)
             for _ in range(n_corruptions))
         self.bpp = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))
         self.results: list[dict] = []
@@ -99,6 +109,10 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
     """Rows and failures; `profile` (a dict) receives seconds spent in model forwards and the reference jobs served
     from the score cache."""
     quiet_lightning()
+    metrics = fidelity_metrics(req.metrics)  # unknown names: ValueError listing the known ones
+    for name in metrics:  # a perceptual metric's missing weights file fails the request, before any job runs
+        if name in PERCEPTUAL_METRICS:
+            PERCEPTUAL_METRICS[name](req.channels)
     methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
     cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
     reference_scores = ReferenceScores(cache, req.channels)
@@ -125,13 +139,15 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                 restorer = create(method, None if is_ref else req.preset, None if is_ref else req.weights)
                 if req.qf_override is not None and not is_ref:
                     set_qf_override(restorer, req.qf_override)
-                cached = reference_scores.results(dm.records, req.corruptions) if is_ref and one_process else None
+                # the score cache holds the core metrics only: a run that asks for more scores the reference too
+                cacheable = is_ref and one_process and set(metrics) <= set(DEFAULT_METRICS)
+                cached = reference_scores.results(dm.records, req.corruptions) if cacheable else None
                 if cached is not None:  # the reference scores the corruption itself: nothing to recompute
                     profile["cached_reference_jobs"] += 1
                     for c, res in zip(req.corruptions, cached):
                         rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
                     continue
-                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels)
+                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress))
@@ -167,12 +183,18 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
         "codec": c.codec, "qf": c.qf_label, "passes": c.passes, "subsampling": c.subsampling, "seed": c.seed,
         "n_images": res["n_images"], "n_skipped": len(dm.report.skipped),
         "n_gray": 0 if channels == "gray" else sum(r.is_gray for r in dm.records),
-        "psnr": res["psnr"], "ssim": res["ssim"],
-        "psnrb": res["psnrb"], "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
+        "psnr": res["psnr"], "ssim": res["ssim"], "psnrb": res["psnrb"],
+        "lpips": res.get("lpips", ""),  # "": not requested (--metrics)
+        "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
         "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
         "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
         "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
     }
+
+
+def _lpips_cell(r: dict) -> str:
+    v = r.get("lpips", "")
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -180,8 +202,9 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no results)"
     ref = {(r["dataset"], r["qf"], r["codec"], r["passes"]): r for r in rows if r["method"] == REFERENCE_METHOD}
+    with_lpips = any(r.get("lpips", "") != "" for r in rows)
     header = ["method", "preset", "dataset", "ch", "codec", "qf", "pass", "n", "PSNR", "SSIM", "PSNR-B", "dPSNR",
-              "bpp", "paper PSNR/SSIM/PSNR-B"]
+              *(["LPIPS"] if with_lpips else []), "bpp", "paper PSNR/SSIM/PSNR-B"]
     lines = []
     for r in rows:
         base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"]))
@@ -191,7 +214,7 @@ def format_table(rows: list[dict]) -> str:
         paper_s = "/".join("-" if v is None else f"{v:g}" for v in paper) if any(v is not None for v in paper) else ""
         lines.append([r["method"], r["preset"], r["dataset"], r["channels"], r["codec"], r["qf"], str(r["passes"]),
                       str(r["n_images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnrb']:.2f}", delta,
-                      f"{r['bpp']:.3f}", paper_s])
+                      *([_lpips_cell(r)] if with_lpips else []), f"{r['bpp']:.3f}", paper_s])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])

@@ -1,6 +1,7 @@
 """Metrics: a functional form and a torchmetrics `Metric` per quantity, per-image means exact under DDP.
 
 - `fidelity`: PSNR, SSIM, PSNR-B with the field's conventions (and `PerImageMean`, `first_per_id`).
+- `perceptual`: LPIPS from local weights (the `lpips` wheel's heads, torchvision's backbone file).
 - `classification`: top-k accuracy. `detection`: COCO box mAP (COCOeval). `segmentation`: mIoU / mAcc / aAcc.
 """
 from benchmark.metrics.fidelity import (
@@ -22,10 +23,30 @@ from benchmark.metrics.fidelity import (
     ssim,
     to_uint8,
 )
+from benchmark.metrics.perceptual import LPIPS, PerceptualWeightsError, PerceptualWeightsMissing, lpips
+from benchmark.metrics.perceptual import METRICS as PERCEPTUAL_METRICS
 
-__all__ = ["CHANNELS", "FUNCTIONAL", "METRICS", "METRICS_VERSION", "MIN_SIDE", "PSNR", "PSNRB", "PSNR_MAX", "SSIM",
-           "PerImageMean", "blocking_effect_factor", "first_per_id", "psnr", "psnrb", "rgb_to_y", "ssim", "to_uint8",
-           "task_metric"]
+# every fidelity row carries PSNR, SSIM and PSNR-B (a row without them would replace a complete one on the board);
+# the perceptual metrics are added on request (`benchmark run --metrics ...,lpips`)
+DEFAULT_METRICS = tuple(METRICS)
+FIDELITY_METRICS = {**METRICS, **PERCEPTUAL_METRICS}
+
+__all__ = ["CHANNELS", "DEFAULT_METRICS", "FIDELITY_METRICS", "FUNCTIONAL", "LPIPS", "METRICS", "METRICS_VERSION",
+           "MIN_SIDE", "PERCEPTUAL_METRICS", "PSNR", "PSNRB", "PSNR_MAX", "SSIM", "PerImageMean",
+           "PerceptualWeightsError", "PerceptualWeightsMissing", "blocking_effect_factor", "fidelity_metrics",
+           "first_per_id", "lpips", "psnr", "psnrb", "rgb_to_y", "ssim", "task_metric", "to_uint8"]
+
+
+def fidelity_metrics(names) -> tuple[str, ...]:
+    """The metrics a fidelity run computes for requested `names` (a list or a comma string): PSNR, SSIM and PSNR-B
+    always, then the requested extras in the order given. An unknown name is a ValueError listing the known ones."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = [n.lower() for n in names]
+    unknown = [n for n in names if n not in FIDELITY_METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: known metrics are {', '.join(FIDELITY_METRICS)}")
+    return tuple(dict.fromkeys([*DEFAULT_METRICS, *names]))
 
 
 def task_metric(task: str, num_classes: int):
