@@ -186,6 +186,50 @@ def test_classification_board_rows(tmp_path, monkeypatch):
     assert top1["reference"] == "direct" and bdrate.parse_rates(top1["rates"]) == pytest.approx(fake)
 
 
+def test_detection_board_rows_use_the_whole_photos_bytes(tmp_path):
+    """Real detectors on photos: consistency mAP vs the bpp of the whole photos (Pillow on the same files), and a
+    rate-accuracy figure from the rows."""
+    from benchmark.boards import leaderboard, rd_plots
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imagenet_sample1000"
+    folder.mkdir()
+    sizes = [(120, 160), (90, 130)]
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[0:h, 0:w]
+        px = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
+        Image.fromarray(px).save(folder / f"n02085620_{i}.png")
+    qfs, direct = [7, 10, 15, 18, 25], [40.0, 52.0, 60.0, 64.0, 70.0]
+    rows = []
+    for method, shift in (("direct", 0.0), ("fbcnn", 3.0)):
+        for q, v in zip(qfs, direct):
+            for metric in ("consistency_map", "consistency_map_50", "label_proxy"):
+                rows.append({"task": "detection", "model": "centernet_mbv3", "method": method,
+                             "preset": "" if method == "direct" else "compact", "dataset": "imagenet-sample1000",
+                             "codec": "jpeg", "qf": q, "passes": 1, "subsampling": "420", "seed": 0,
+                             "metric": metric, "value": v + shift, "n_images": 2, "source": "measured",
+                             "model_weights": "centernet.json"})
+    boards = tmp_path / "boards"
+    leaderboard.upsert(boards / "detection.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    out, notes = bdrate.build(boards, folder)
+    assert notes == [] and {(r["board"], r["metric"]) for r in out} == {
+        ("detection", "consistency_map"), ("detection", "consistency_map_50")}  # no BD on the label proxy
+    row = next(r for r in out if r["metric"] == "consistency_map")
+    assert float(row["bd_metric"]) == pytest.approx(3.0, abs=1e-6) and float(row["bd_rate_pct"]) < 0
+    rates = bdrate.parse_rates(row["rates"])
+    for q in qfs:
+        bits = []
+        for i, (h, w) in enumerate(sizes):
+            buf = io.BytesIO()
+            Image.open(folder / f"n02085620_{i}.png").convert("RGB").save(buf, format="JPEG", quality=q,
+                                                                          subsampling=2)
+            bits.append(8 * len(buf.getvalue()) / (h * w))
+        assert rates[q] == pytest.approx(np.mean(bits), rel=1e-3)  # the column keeps 4 decimals
+    bdrate.write(boards / "bdrate.csv", out)
+    plots = rd_plots.write_plots(boards, tmp_path / "report")
+    assert any("centernet_mbv3" in title for title in plots)
+
+
 def test_rd_figures(tmp_path):
     from benchmark.boards import rd_plots
 

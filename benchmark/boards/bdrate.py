@@ -28,8 +28,8 @@ from benchmark.boards import leaderboard
 
 MIN_POINTS = 4
 FIDELITY_METRICS = ("psnr", "ssim")
-TASK_METRICS = ("top1", "top5")
-REFERENCE = {"fidelity": "jpeg", "classification": "direct"}  # the unrestored input of each board
+TASK_METRICS = {"classification": ("top1", "top5"), "detection": ("consistency_map", "consistency_map_50")}
+REFERENCE = {"fidelity": "jpeg", "classification": "direct", "detection": "direct"}  # each board's unrestored input
 # besides all common QFs, the curves are also compared on these QF ranges where >= 4 common QFs fall in them: the
 # compact restorers are trained on QF 5-50, and above it they can cost PSNR (the curves cross)
 SUB_RANGES = ((5, 50),)
@@ -142,7 +142,33 @@ def classification_rates(folder: str | Path, codec: str, qfs, subsampling: str =
     return {q: float(np.mean(v)) for q, v in bits.items()}
 
 
-def _imagenet_spec(dataset: str, model_weights: str, imagenet: Path | None):
+def photo_rates(folder: str | Path, codec: str, qfs, subsampling: str = "420", n: int | None = None) -> dict[int, float]:
+    """{qf: mean bpp} of the whole photos of a folder (the first n usable ones, as the detection run reads them)
+    encoded by `corruptions.apply` at each QF."""
+    from datamodules.classification import load_rgb_noted
+    from datamodules.corruptions import Corruption, apply
+    from datamodules.photos import photo_paths
+    from datamodules.sources import SCORABLE_MIN_SIDE, ImageError
+
+    corruptions = {int(q): Corruption(codec, (int(q),), subsampling=subsampling) for q in qfs}
+    bits: dict[int, list[float]] = {q: [] for q in corruptions}
+    used = 0
+    for path in photo_paths(folder, "imagenet" if any(p.is_dir() for p in Path(folder).iterdir()) else "folder"):
+        if n is not None and used >= n:
+            break
+        try:
+            px = load_rgb_noted(path)[0]
+        except ImageError:
+            continue
+        if min(px.shape[:2]) < SCORABLE_MIN_SIDE:
+            continue
+        used += 1
+        for q, c in corruptions.items():
+            bits[q].append(8.0 * len(apply(px, c)[1]) / (px.shape[0] * px.shape[1]))
+    return {q: float(np.mean(v)) for q, v in bits.items()}
+
+
+def _imagenet_spec(dataset: str, model_weights: str, imagenet: Path | None, board: str = "classification"):
     """(folder, n, resize, crop, interpolation) for a classification row's dataset, or a reason it has none."""
     from benchmark.evaluate.tasks import dataset_label
 
@@ -154,6 +180,8 @@ def _imagenet_spec(dataset: str, model_weights: str, imagenet: Path | None):
         return "no ImageNet folder to compute its rate (--imagenet DIR or $CARBENCH_IMAGENET)"
     if dataset_label(f"imagenet-flat:{imagenet}") != base:
         return f"its images are not {imagenet} (--imagenet DIR names the folder)"
+    if board == "detection":  # the whole photos
+        return imagenet, n, 0, 0, ""
     m = _PREPROCESS.search(model_weights)
     if not m:
         return f"its model_weights {model_weights!r} do not say the classifier's resize/crop"
@@ -244,21 +272,23 @@ def _by_qf(rows: pd.DataFrame) -> dict[int, dict[str, float]]:
 
 
 def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | None,
-                        progress: bool = False) -> list[dict]:
+                        progress: bool = False, board: str = "classification") -> list[dict]:
     """BD rows of the classification board: each method against `direct` (the classifier on the compressed
-    crops), top-1 and top-5 vs the crops' bpp (computed once per dataset, codec and QF set)."""
+    crops), top-1 and top-5 vs the crops' bpp (computed once per dataset, codec and QF set). `board="detection"`:
+    the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp."""
     rows = []
     df = _single_pass(df)
+    df = df[df.metric.isin(TASK_METRICS[board])]
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     rate_cache: dict[tuple, dict[int, float]] = {}
     group = ["model", "dataset", "codec", "subsampling", "seed"]
     for (model, dataset, codec, subsampling, seed), g in df.groupby(group, sort=True):
         what = f"{model} on {dataset} ({codec}, {subsampling}, seed {seed})"
-        ref_rows = g[g.method == REFERENCE["classification"]]
+        ref_rows = g[g.method == REFERENCE[board]]
         if ref_rows.empty:
             continue
         ref = _by_qf(ref_rows)
-        for (method, preset, sha), t in g[g.method != REFERENCE["classification"]].groupby(
+        for (method, preset, sha), t in g[g.method != REFERENCE[board]].groupby(
                 ["method", "preset", "weights_sha256"], sort=True):
             test = _by_qf(t)
             qfs = sorted(set(test) & set(ref))
@@ -267,7 +297,7 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
                     notes.append(f"{_label(method, preset)} on {what}: {len(qfs)} QF(s) shared with direct, "
                                  f"{MIN_POINTS} needed")
                 continue
-            spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet)
+            spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet, board)
             if isinstance(spec, str):
                 notes.append(f"{_label(method, preset)} on {what}: {spec}")
                 continue
@@ -278,20 +308,22 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
                 if progress:
                     print(f"computing the bpp of {dataset} ({codec}, QF {','.join(map(str, need))}, "
                           f"resize {resize} {interp}, crop {crop})", file=sys.stderr)
-                rate_cache.setdefault(key, {}).update(classification_rates(
-                    folder, codec, need, subsampling, resize, crop, interp, n, progress))
+                rate_cache.setdefault(key, {}).update(
+                    photo_rates(folder, codec, need, subsampling, n) if board == "detection" else
+                    classification_rates(folder, codec, need, subsampling, resize, crop, interp, n, progress))
             context = {"model": model, "method": method, "preset": preset, "dataset": dataset, "channels": "rgb",
                        "codec": codec, "subsampling": subsampling, "weights_sha256": sha,
-                       "rate": f"bpp of the {crop}x{crop} crops (resize {resize} {interp}), computed",
+                       "rate": "bpp of the whole photos, computed" if board == "detection" else
+                       f"bpp of the {crop}x{crop} crops (resize {resize} {interp}), computed",
                        "n_images": t.n_images.iloc[0]}
             for part in qf_sets(qfs):
                 rate = [rate_cache[key][q] for q in part]
                 context["rates"] = _rates_text(dict(zip(part, rate)))
-                for metric in TASK_METRICS:
+                for metric in TASK_METRICS[board]:
                     if not all(metric in test[q] and metric in ref[q] for q in part):
                         continue
                     try:
-                        rows.append(_delta_row("classification", ref, test, metric, part, rate, rate, what,
+                        rows.append(_delta_row(board, ref, test, metric, part, rate, rate, what,
                                                **context))
                     except BDError as e:
                         notes.append(str(e))
@@ -306,6 +338,9 @@ def build(boards: Path, imagenet: Path | None = None, progress: bool = False) ->
     if (boards / "classification.csv").exists():
         rows += classification_rows(leaderboard.read(boards / "classification.csv", "classification"), notes,
                                     imagenet, progress)
+    if (boards / "detection.csv").exists():
+        rows += classification_rows(leaderboard.read(boards / "detection.csv", "detection"), notes, imagenet,
+                                    progress, board="detection")
     return rows, notes
 
 

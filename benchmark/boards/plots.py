@@ -29,8 +29,8 @@ def task_series(board: str | os.PathLike, metric: str, dataset: str = "shapes", 
 
 
 def plot_task_board(board: str | os.PathLike, metric: str, out: str | os.PathLike, dataset: str = "shapes",
-                    title: str = "") -> Path | None:
-    series = task_series(board, metric, dataset)
+                    title: str = "", model: str | None = None) -> Path | None:
+    series = task_series(board, metric, dataset, model)
     if not any(k != "clean" for k in series):
         return None
     import matplotlib
@@ -38,7 +38,7 @@ def plot_task_board(board: str | os.PathLike, metric: str, out: str | os.PathLik
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
     for label, pts in series.items():
         if label != "clean":
             ax.plot([q for q, _ in pts], [v for _, v in pts], marker="o", label=label)
@@ -46,9 +46,9 @@ def plot_task_board(board: str | os.PathLike, metric: str, out: str | os.PathLik
         ax.axhline(series["clean"], color="gray", linestyle="--", label="clean")
     ax.set_xlabel("JPEG quality factor")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(title or f"{Path(board).stem} on {dataset}")
+    ax.set_title(title or f"{Path(board).stem}{f' ({model})' if model else ''} on {dataset}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     out = Path(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")

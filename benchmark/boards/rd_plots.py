@@ -89,12 +89,12 @@ def rd_figure(fid: pd.DataFrame, dataset: str, channels: str, codec: str):
 
 
 def accuracy_series(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: str, codec: str,
-                    metric: str = "top1") -> dict[str, list[tuple[float, float]]]:
+                    metric: str = "top1", board: str = "classification") -> dict[str, list[tuple[float, float]]]:
     """{label: [(bpp, value), ...]} of a classifier's single-pass rows at the QFs whose bpp the bdrate board
     computed (its `rates` column)."""
     from benchmark.boards.bdrate import parse_rates
 
-    sel_bd = bd[(bd.board == "classification") & (bd.model == model) & (bd.dataset == dataset) & (bd.codec == codec)]
+    sel_bd = bd[(bd.board == board) & (bd.model == model) & (bd.dataset == dataset) & (bd.codec == codec)]
     rates: dict[int, float] = {}
     for text in sel_bd.rates:
         rates.update(parse_rates(text))
@@ -107,14 +107,21 @@ def accuracy_series(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: s
     return {k: v for k, v in series.items() if len(v) >= 2}
 
 
-def accuracy_figure(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: str, codec: str):
-    series = accuracy_series(task, bd, model, dataset, codec)
+RATE_ACCURACY = {  # board -> (metric, x label, y label)
+    "classification": ("top1", "bits per pixel (classifier crops)", "top-1 (%)"),
+    "detection": ("consistency_map", "bits per pixel (whole photos)", "consistency mAP (%)"),
+}
+
+
+def accuracy_figure(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: str, codec: str,
+                    board: str = "classification"):
+    metric, xlabel, ylabel = RATE_ACCURACY[board]
+    series = accuracy_series(task, bd, model, dataset, codec, metric, board)
     if not any(k != "direct" for k in series):
         return None
     panels = [(f"{model} ({len(labels)} series)", {k: series[k] for k in labels}, "direct")
               for labels in _panels(series, "direct")]
-    return _figure(panels, "bits per pixel (classifier crops)", "top-1 (%)",
-                   f"Rate-accuracy: {dataset} ({codec})")
+    return _figure(panels, xlabel, ylabel, f"Rate-accuracy: {dataset} ({codec})")
 
 
 def write_plots(boards: str | Path, out: str | Path, bdrate_csv: str | Path | None = None) -> dict[str, Path]:
@@ -132,11 +139,13 @@ def write_plots(boards: str | Path, out: str | Path, bdrate_csv: str | Path | No
                 name = f"rd_{dataset.replace(':', '_')}_{channels}_{codec}.png"
                 plots[f"Rate-distortion: {dataset} ({channels}, {codec})"] = _save(fig, out / name)
     bd = leaderboard.read(Path(bdrate_csv) if bdrate_csv else boards / "bdrate.csv")
-    task = leaderboard.read(boards / "classification.csv")
-    if not bd.empty and not task.empty:
-        keys = bd[bd.board == "classification"][["model", "dataset", "codec"]].drop_duplicates()
+    for board in RATE_ACCURACY:
+        task = leaderboard.read(boards / f"{board}.csv")
+        if bd.empty or task.empty:
+            continue
+        keys = bd[bd.board == board][["model", "dataset", "codec"]].drop_duplicates()
         for model, dataset, codec in sorted(map(tuple, keys.values.tolist())):
-            fig = accuracy_figure(task, bd, model, dataset, codec)
+            fig = accuracy_figure(task, bd, model, dataset, codec, board)
             if fig is not None:
                 safe = dataset.replace(":", "_").replace("[", "_").replace("]", "")
                 plots[f"Rate-accuracy: {model} on {dataset} ({codec})"] = _save(

@@ -302,6 +302,25 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{
        "th{background:#eef;cursor:pointer}img{max-width:48%;margin:4px;border:1px solid #ddd}")
 
 
+def photo_detection_plots(boards: Path, out: Path) -> dict[str, Path]:
+    """Consistency mAP and the label proxy vs QF of the real detectors on photos, one figure per (detector, photo
+    set, metric)."""
+    from benchmark.boards.plots import plot_task_board
+
+    df = leaderboard.read(boards / "detection.csv")
+    plots: dict[str, Path] = {}
+    if df.empty:
+        return plots
+    keys = df[df.metric.isin(["consistency_map", "label_proxy"])][["model", "dataset", "metric"]].drop_duplicates()
+    for model, dataset, metric in sorted(map(tuple, keys.values.tolist())):
+        safe = dataset.replace(":", "_").replace("[", "_").replace("]", "")
+        p = plot_task_board(boards / "detection.csv", metric, out / f"detection_{model}_{safe}_{metric}.png", dataset,
+                            model=model)
+        if p:
+            plots[f"detection: {metric} of {model} on {dataset}"] = p
+    return plots
+
+
 def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write report.md, report.html and the plots into out_dir (default leaderboards/report)."""
     boards = Path(boards) if boards else leaderboard.LEADERBOARD_DIR
@@ -338,6 +357,7 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
             p = plot_task_passes(boards, task, metric, out / f"{task}_passes.png")
             if p:
                 plots[f"{task}: {metric} vs JPEG passes"] = p
+    plots.update(photo_detection_plots(boards, out))
     from benchmark.boards.rd_plots import write_plots  # rate-distortion and rate-accuracy figures
 
     plots.update(write_plots(boards, out))

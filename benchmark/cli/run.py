@@ -144,9 +144,10 @@ def _run_tasks(args, methods, corruptions) -> int:
         print(format_task_table(task, task_rows))
         if path is not None:
             from benchmark.boards.plots import plot_task_board
-            from benchmark.evaluate.tasks import METRICS
 
-            png = plot_task_board(path, METRICS[task][0], path.with_suffix(".png"), dataset)
+            first = task_rows[0]  # its headline metric (top1, map or consistency_map), data set and model
+            png = plot_task_board(path, first["metric"], path.with_suffix(".png"), first["dataset"],
+                                  model=first["model"])
             print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") +
                   _board_hint(args.leaderboard) + "\n")
     for f in failures:
