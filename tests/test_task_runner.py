@@ -182,10 +182,10 @@ def test_coco_layout_through_the_runner(tmp_path, monkeypatch):
 
     monkeypatch.setattr("benchmark.evaluate.tasks.create_task_model", fake_model)
     rows, failures = run_tasks(TaskRequest(["detection"], ["jpeg"], [Corruption("jpeg", (10,))],
-                                           dataset=f"coco:{root}", task_weights="frcnn.pth", progress=False,
+                                           dataset=f"coco:{root}", task_weights="centernet.json", progress=False,
                                            use_cache=False))
     assert not failures, failures
-    assert seen["args"] == ("detection", "fasterrcnn_resnet50_fpn", "frcnn.pth")  # the real default model
+    assert seen["args"] == ("detection", "centernet_mbv3", "centernet.json")  # the real default model
     got = {(r["method"], r["metric"]): r["value"] for r in rows["detection"]}
     # perfect boxes on every image: AP = 100 for clean and JPEG (boxes do not depend on the pixels)
     for method in ("clean", "direct"):
