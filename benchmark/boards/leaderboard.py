@@ -21,16 +21,17 @@ from filelock import FileLock
 FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passes", "subsampling", "seed", "source",
                 "weights_sha256"]
 FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
-    "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "bpp", "source", "weights", "weights_sha256",
-    "codec_lib", "carbench_version", "git_commit", "created_at"]
+    "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "source", "weights",
+    "weights_sha256", "codec_lib", "carbench_version", "git_commit", "created_at"]
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
             "source", "weights_sha256"]
 TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "n_images", "source", "model_weights", "weights", "weights_sha256",
                                 "codec_lib", "carbench_version", "git_commit", "created_at"]
 # n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
 # lpips: mean per-image LPIPS (AlexNet), measured only on request (`--metrics ...,lpips`; "": not measured)
+# fid, kid: set-level FID / KID of the restored vs the clean images (local Inception file), on request likewise
 # columns newer than some committed boards -> the column they follow: a file without them reads them as ""
-ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb"}
+ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid"}
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 SOURCES = ("measured", "paper")
 
@@ -59,7 +60,8 @@ class Schema:
 def _schemas() -> dict[str, Schema]:
     task = Schema(tuple(TASK_KEY), tuple(TASK_COLUMNS), ("value", "n_images"), "value")
     return {"fidelity": Schema(tuple(FIDELITY_KEY), tuple(FIDELITY_COLUMNS),
-                               ("psnr", "ssim", "psnrb", "lpips", "bpp", "n_images", "n_skipped", "n_gray"), "psnr"),
+                               ("psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "n_images", "n_skipped",
+                                "n_gray"), "psnr"),
             "classification": task, "detection": task, "segmentation": task,
             "efficiency": Schema(tuple(EFFICIENCY_KEY), tuple(EFFICIENCY_COLUMNS),
                                  ("params_m", "gflops", "gmacs", "latency_ms", "threads"), "params_m")}

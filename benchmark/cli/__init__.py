@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--subsampling", default="420", choices=["420", "444"], help="chroma subsampling of colour images")
     r.add_argument("--channels", default="rgb", choices=["rgb", "y"], help="score RGB (or gray) or MATLAB Y")
     r.add_argument("--metrics", default="psnr,ssim,psnrb", help="comma list of fidelity metrics: psnr, ssim, psnrb "
-                   "(always computed: every row carries them) and lpips (AlexNet LPIPS from the local torchvision "
-                   "file; see the README's metrics section)")
+                   "(always computed: every row carries them), lpips (AlexNet LPIPS from the local torchvision "
+                   "file), fid and kid (set-level, from the local Inception file; pip install .[fid]); see the "
+                   "README's metrics section")
+    r.add_argument("--inception-weights", default=None, metavar="FILE", help="fid/kid: torch-fidelity's Inception "
+                   "file weights-inception-2015-12-05-6726825d.pth (default: $TORCH_HOME/hub/checkpoints/)")
     r.add_argument("--preset", default=None)
     r.add_argument("--weights", default=None, help="weights file for the (non-reference) methods")
     r.add_argument("--qf-override", type=_qf_override, default=None, metavar="QF",

@@ -36,12 +36,24 @@ def main(args) -> int:
     except MethodError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    from benchmark.metrics import DEFAULT_METRICS, PerceptualWeightsError, PerceptualWeightsMissing, fidelity_metrics
+    from benchmark.metrics import (
+        DEFAULT_METRICS,
+        DISTRIBUTION_METRICS,
+        MissingExtra,
+        PerceptualWeightsError,
+        PerceptualWeightsMissing,
+        SetLevelDDPError,
+        fidelity_metrics,
+    )
 
     try:
         metrics = fidelity_metrics(args.metrics)
     except ValueError as e:
         print(f"error: --metrics: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.inception_weights and not set(metrics) & set(DISTRIBUTION_METRICS):
+        print(f"error: --inception-weights is read by --metrics ...,{','.join(DISTRIBUTION_METRICS)} only; got "
+              f"--metrics {','.join(metrics)}", file=sys.stderr)
         return EXIT_USAGE
     if args.task:
         if metrics != DEFAULT_METRICS:
@@ -63,12 +75,15 @@ def main(args) -> int:
                           channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
                           cache_dir=args.cache_dir, use_cache=not args.no_cache, accelerator=args.accelerator,
                           devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet,
-                          qf_override=args.qf_override, metrics=metrics)
+                          qf_override=args.qf_override, metrics=metrics, inception_weights=args.inception_weights)
     t0 = time.time()
     profile: dict = {}
     try:
         rows, failures = run_fidelity(req, profile)
-    except (PerceptualWeightsMissing, PerceptualWeightsError) as e:  # checked before any job: nothing was run
+    except SetLevelDDPError as e:  # fid/kid with several devices: checked before any job
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PerceptualWeightsMissing, PerceptualWeightsError, MissingExtra) as e:  # checked before any job
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others

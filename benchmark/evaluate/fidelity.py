@@ -1,5 +1,5 @@
-"""Fidelity: restore each test image and score it (PSNR, SSIM, PSNR-B, bpp; LPIPS on request); the runner and its
-evaluator.
+"""Fidelity: restore each test image and score it (PSNR, SSIM, PSNR-B, bpp; LPIPS, FID and KID on request); the
+runner and its evaluator.
 
 One job = one (method, dataset): a single `Trainer.test` over one dataloader per corruption. A failing job (bad
 weights, NaN output, missing data) is reported with its culprit and the other jobs go on; every finished job's rows
@@ -22,10 +22,12 @@ from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet
 from benchmark.evaluate.score_cache import ReferenceScores
 from benchmark.metrics import (
     DEFAULT_METRICS,
+    DISTRIBUTION_METRICS,
     FIDELITY_METRICS,
     PERCEPTUAL_METRICS,
     PerImageMean,
     fidelity_metrics,
+    refuse_ddp,
     to_uint8,
 )
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
@@ -54,6 +56,7 @@ class FidelityRequest:
     progress: bool = True
     qf_override: int | None = None  # FBCNN's flexible control: restore as if the input had this QF
     metrics: tuple[str, ...] = DEFAULT_METRICS  # `benchmark.metrics.fidelity_metrics(...)`: the core three + extras
+    inception_weights: str | None = None  # FID/KID's Inception file (None: torch-fidelity's cache folder)
 
 
 
@@ -61,18 +64,31 @@ class NonFiniteOutput(ValueError):  # also: an output of the wrong shape
     pass
 
 
+def make_metric(name: str, channels: str = "rgb", inception_weights: str | None = None):
+    """A fidelity metric by name; the set-level ones (fid, kid) read the Inception file `inception_weights`."""
+    if name in DISTRIBUTION_METRICS:
+        return DISTRIBUTION_METRICS[name](channels, weights=inception_weights)
+    return FIDELITY_METRICS[name](channels)
+
+
 class FidelityEvaluator(L.LightningModule):
     def __init__(self, restorer: L.LightningModule, n_corruptions: int, channels: str = "rgb",
-                 metrics: tuple[str, ...] = DEFAULT_METRICS):
+                 metrics: tuple[str, ...] = DEFAULT_METRICS, inception_weights: str | None = None):
         super().__init__()
-        self.restorer, self.channels = restorer, channels
+        self.restorer, self.channels, self.metric_names = restorer, channels, tuple(metrics)
         self.scores = nn.ModuleList(
-            MetricCollection({k: FIDELITY_METRICS[k](channels) for k in metrics}, compute_groups=False)
+            MetricCollection({k: make_metric(k, channels, inception_weights) for k in metrics}, compute_groups=False)
             for _ in range(n_corruptions))
         self.bpp = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))
         self.results: list[dict] = []
         self.per_image: list[dict[str, torch.Tensor]] = []  # per corruption: {metric: values in image order}
         self.forward_seconds = 0.0  # time inside the restorer: the rest of a job is overhead
+
+    def setup(self, stage: str) -> None:
+        # FID/KID states are sums over images: a DDP pad repeat would count twice (devices="auto" gets here too)
+        for name in self.metric_names:
+            if name in DISTRIBUTION_METRICS:
+                DISTRIBUTION_METRICS[name].check_world_size(self.trainer.world_size, name)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         corrupted, clean, meta = batch
@@ -99,7 +115,8 @@ class FidelityEvaluator(L.LightningModule):
             values["n_images"] = scores["psnr"].n_images()
             values["bpp"] = float(bpp.compute())
             self.results.append(values)
-            self.per_image.append({k: m.per_image()[1] for k, m in [*scores.items(), ("bpp", bpp)]})
+            self.per_image.append({k: m.per_image()[1] for k, m in [*scores.items(), ("bpp", bpp)]
+                                   if hasattr(m, "per_image")})  # FID/KID: one value per set
             scores.reset()
             bpp.reset()
 
@@ -110,13 +127,16 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
     from the score cache."""
     quiet_lightning()
     metrics = fidelity_metrics(req.metrics)  # unknown names: ValueError listing the known ones
-    for name in metrics:  # a perceptual metric's missing weights file fails the request, before any job runs
-        if name in PERCEPTUAL_METRICS:
-            PERCEPTUAL_METRICS[name](req.channels)
+    one_process = single_process(req.devices, req.strategy)
+    set_level = [n for n in metrics if n in DISTRIBUTION_METRICS]
+    if set_level and not one_process:  # refused before any job (FidelityEvaluator.setup catches devices="auto")
+        refuse_ddp(set_level, f"devices={req.devices}, strategy={req.strategy}")
+    for name in metrics:  # a missing weights file / extra fails the request, before any job runs
+        if name in PERCEPTUAL_METRICS or name in DISTRIBUTION_METRICS:
+            make_metric(name, req.channels, req.inception_weights)
     methods = list(dict.fromkeys(([REFERENCE_METHOD] if req.add_reference else []) + req.methods))
     cache = CorruptionCache(req.cache_dir, enabled=req.use_cache)
     reference_scores = ReferenceScores(cache, req.channels)
-    one_process = single_process(req.devices, req.strategy)
     versions = codec_versions()
     rows, failures = [], []
     profile = {} if profile is None else profile
@@ -147,7 +167,8 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                     for c, res in zip(req.corruptions, cached):
                         rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
                     continue
-                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics)
+                evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics,
+                                              req.inception_weights)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress))
@@ -184,7 +205,7 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
         "n_images": res["n_images"], "n_skipped": len(dm.report.skipped),
         "n_gray": 0 if channels == "gray" else sum(r.is_gray for r in dm.records),
         "psnr": res["psnr"], "ssim": res["ssim"], "psnrb": res["psnrb"],
-        "lpips": res.get("lpips", ""),  # "": not requested (--metrics)
+        "lpips": res.get("lpips", ""), "fid": res.get("fid", ""), "kid": res.get("kid", ""),  # "": not requested
         "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
         "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
         "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
@@ -192,9 +213,12 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
     }
 
 
-def _lpips_cell(r: dict) -> str:
-    v = r.get("lpips", "")
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+EXTRA_COLUMNS = {"lpips": ("LPIPS", "{:.4f}"), "fid": ("FID", "{:.2f}"), "kid": ("KID", "{:.4f}")}  # on request
+
+
+def _extra_cell(r: dict, name: str) -> str:
+    v = r.get(name, "")
+    return EXTRA_COLUMNS[name][1].format(v) if isinstance(v, float) else str(v)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -202,9 +226,9 @@ def format_table(rows: list[dict]) -> str:
     if not rows:
         return "(no results)"
     ref = {(r["dataset"], r["qf"], r["codec"], r["passes"]): r for r in rows if r["method"] == REFERENCE_METHOD}
-    with_lpips = any(r.get("lpips", "") != "" for r in rows)
+    extras = [k for k in EXTRA_COLUMNS if any(r.get(k, "") != "" for r in rows)]
     header = ["method", "preset", "dataset", "ch", "codec", "qf", "pass", "n", "PSNR", "SSIM", "PSNR-B", "dPSNR",
-              *(["LPIPS"] if with_lpips else []), "bpp", "paper PSNR/SSIM/PSNR-B"]
+              *(EXTRA_COLUMNS[k][0] for k in extras), "bpp", "paper PSNR/SSIM/PSNR-B"]
     lines = []
     for r in rows:
         base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"]))
@@ -214,7 +238,7 @@ def format_table(rows: list[dict]) -> str:
         paper_s = "/".join("-" if v is None else f"{v:g}" for v in paper) if any(v is not None for v in paper) else ""
         lines.append([r["method"], r["preset"], r["dataset"], r["channels"], r["codec"], r["qf"], str(r["passes"]),
                       str(r["n_images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['psnrb']:.2f}", delta,
-                      *([_lpips_cell(r)] if with_lpips else []), f"{r['bpp']:.3f}", paper_s])
+                      *(_extra_cell(r, k) for k in extras), f"{r['bpp']:.3f}", paper_s])
     widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(header)]
     fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)])

@@ -2,8 +2,19 @@
 
 - `fidelity`: PSNR, SSIM, PSNR-B with the field's conventions (and `PerImageMean`, `first_per_id`).
 - `perceptual`: LPIPS from local weights (the `lpips` wheel's heads, torchvision's backbone file).
+- `distribution`: FID / KID of a whole set from a local Inception file (torch-fidelity's; the `fid` extra).
 - `classification`: top-k accuracy. `detection`: COCO box mAP (COCOeval). `segmentation`: mIoU / mAcc / aAcc.
 """
+from benchmark.metrics.distribution import (
+    FID,
+    KID,
+    InceptionWeightsError,
+    InceptionWeightsMissing,
+    MissingExtra,
+    SetLevelDDPError,
+    refuse_ddp,
+)
+from benchmark.metrics.distribution import METRICS as DISTRIBUTION_METRICS
 from benchmark.metrics.fidelity import (
     CHANNELS,
     FUNCTIONAL,
@@ -27,14 +38,16 @@ from benchmark.metrics.perceptual import LPIPS, PerceptualWeightsError, Perceptu
 from benchmark.metrics.perceptual import METRICS as PERCEPTUAL_METRICS
 
 # every fidelity row carries PSNR, SSIM and PSNR-B (a row without them would replace a complete one on the board);
-# the perceptual metrics are added on request (`benchmark run --metrics ...,lpips`)
+# the perceptual and set-level metrics are added on request (`benchmark run --metrics ...,lpips,fid,kid`)
 DEFAULT_METRICS = tuple(METRICS)
-FIDELITY_METRICS = {**METRICS, **PERCEPTUAL_METRICS}
+FIDELITY_METRICS = {**METRICS, **PERCEPTUAL_METRICS, **DISTRIBUTION_METRICS}
 
-__all__ = ["CHANNELS", "DEFAULT_METRICS", "FIDELITY_METRICS", "FUNCTIONAL", "LPIPS", "METRICS", "METRICS_VERSION",
-           "MIN_SIDE", "PERCEPTUAL_METRICS", "PSNR", "PSNRB", "PSNR_MAX", "SSIM", "PerImageMean",
-           "PerceptualWeightsError", "PerceptualWeightsMissing", "blocking_effect_factor", "fidelity_metrics",
-           "first_per_id", "lpips", "psnr", "psnrb", "rgb_to_y", "ssim", "task_metric", "to_uint8"]
+__all__ = ["CHANNELS", "DEFAULT_METRICS", "DISTRIBUTION_METRICS", "FID", "FIDELITY_METRICS", "FUNCTIONAL", "KID",
+           "LPIPS", "METRICS", "METRICS_VERSION", "MIN_SIDE", "PERCEPTUAL_METRICS", "PSNR", "PSNRB", "PSNR_MAX", "SSIM",
+           "InceptionWeightsError", "InceptionWeightsMissing", "MissingExtra", "PerImageMean",
+           "PerceptualWeightsError", "PerceptualWeightsMissing", "SetLevelDDPError", "blocking_effect_factor",
+           "fidelity_metrics", "first_per_id", "lpips", "psnr", "psnrb", "refuse_ddp", "rgb_to_y", "ssim",
+           "task_metric", "to_uint8"]
 
 
 def fidelity_metrics(names) -> tuple[str, ...]:
