@@ -80,9 +80,8 @@ def task_value(task: str, dataset_kind: str, model: str, method: str, codec: str
     return values.pop() if len(values) == 1 else None
 
 
-# the published metrics with a fidelity-board column (jarcal Table 2's FID has none: a set-level statistic, not a
-# per-image mean, which carbench does not measure; it stays in ../shared/published)
-PAPER_FIDELITY_METRICS = ("psnr", "ssim", "psnrb", "lpips")
+# the published metrics with a fidelity-board column (jarcal Table 2 prints LPIPS and FID)
+PAPER_FIDELITY_METRICS = ("psnr", "ssim", "psnrb", "lpips", "fid")
 
 
 def paper_fidelity_rows(paper: str) -> list[dict]:
