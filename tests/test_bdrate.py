@@ -132,17 +132,22 @@ def test_the_cli_knows_the_command():
     assert args.module == "bdrate" and args.boards == "b" and args.plot == "p"
 
 
-def test_classification_rate_is_the_crops_bytes(tmp_path):
-    """The bpp of a classification row: the classifier's crop (shorter side 256 bicubic, centre 224) encoded at
-    the QF; checked against Pillow directly on the same files."""
+def _photo_folder(folder, sizes, wnid):
+    """ImageNet-flat PNGs of the given (h, w): gradients plus noise, so JPEG has something to spend bits on."""
     rng = np.random.default_rng(0)
-    folder = tmp_path / "imagenet_sample"
     folder.mkdir()
-    sizes = [(300, 400), (500, 333)]
     for i, (h, w) in enumerate(sizes):
         yy, xx = np.mgrid[0:h, 0:w]
         px = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
-        Image.fromarray(px).save(folder / f"n01440764_{i}.png")
+        Image.fromarray(px).save(folder / f"{wnid}_{i}.png")
+    return folder
+
+
+def test_classification_rate_is_the_crops_bytes(tmp_path):
+    """The bpp of a classification row: the classifier's crop (shorter side 256 bicubic, centre 224) encoded at
+    the QF; checked against Pillow directly on the same files."""
+    sizes = [(300, 400), (500, 333)]
+    folder = _photo_folder(tmp_path / "imagenet_sample", sizes, "n01440764")
     got = bdrate.classification_rates(folder, "jpeg", [10, 25], resize=256, crop=224, interpolation="bicubic")
     first = bdrate.classification_rates(folder, "jpeg", [10, 25], n=1)  # rows of `dataset[:1]`
     for q in (10, 25):
@@ -191,14 +196,8 @@ def test_detection_board_rows_use_the_whole_photos_bytes(tmp_path):
     rate-accuracy figure from the rows."""
     from benchmark.boards import leaderboard, rd_plots
 
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "imagenet_sample1000"
-    folder.mkdir()
     sizes = [(120, 160), (90, 130)]
-    for i, (h, w) in enumerate(sizes):
-        yy, xx = np.mgrid[0:h, 0:w]
-        px = np.stack([(xx * 255 // w), (yy * 255 // h), rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
-        Image.fromarray(px).save(folder / f"n02085620_{i}.png")
+    folder = _photo_folder(tmp_path / "imagenet_sample1000", sizes, "n02085620")
     qfs, direct = [7, 10, 15, 18, 25], [40.0, 52.0, 60.0, 64.0, 70.0]
     rows = []
     for method, shift in (("direct", 0.0), ("fbcnn", 3.0)):
