@@ -360,11 +360,12 @@ def read(path: Path) -> pd.DataFrame:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'board':<15}{'method':<24}{'dataset':<28}{'codec':<6}{'metric':<7}{'QFs':<8}{'n':>3}"
+    mw = max([7] + [len(r["metric"]) + 1 for r in rows])  # consistency_map_50 is long
+    lines = [f"{'board':<15}{'method':<24}{'dataset':<28}{'codec':<6}{'metric':<{mw}}{'QFs':<8}{'n':>3}"
              + f"{'BD-rate %':>11}{'BD-metric':>11}"]
     for r in rows:
         lines.append(f"{r['board']:<15}{_label(r['method'], r['preset']):<24}"
                      f"{(r['dataset'] + ('/' + r['channels'] if r['board'] == 'fidelity' else '')):<28}"
-                     f"{r['codec']:<6}{r['metric']:<7}{r['qf_range']:<8}{r['n_points']:>3}"
+                     f"{r['codec']:<6}{r['metric']:<{mw}}{r['qf_range']:<8}{r['n_points']:>3}"
                      f"{float(r['bd_rate_pct']):>11.2f}{float(r['bd_metric']):>11.4f}")
     return "\n".join(lines)
