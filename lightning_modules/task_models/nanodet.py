@@ -42,6 +42,7 @@ REG_MAX = 10
 BGR_MEAN = (103.53, 116.28, 123.675)
 BGR_STD = (57.375, 57.12, 58.395)
 
+
 class ConvModule(nn.Module):
     """Upstream's ConvModule after BatchNorm folding: conv with bias, then LeakyReLU(0.1) unless `act` is False."""
 
