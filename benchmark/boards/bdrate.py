@@ -243,11 +243,8 @@ def fidelity_rows(df: pd.DataFrame, notes: list[str]) -> list[dict]:
         for (method, preset, sha), t in g[g.method != REFERENCE["fidelity"]].groupby(
                 ["method", "preset", "weights_sha256"], sort=True):
             test = {int(r.qf): r._asdict() for r in t.itertuples()}
-            qfs = sorted(set(test) & set(ref))
-            if len(qfs) < MIN_POINTS:
-                if len(test) >= 2:
-                    notes.append(f"{_label(method, preset)} on {what}: {len(qfs)} QF(s) shared with jpeg "
-                                 f"({', '.join(map(str, qfs))}), {MIN_POINTS} needed")
+            qfs = _shared_qfs(test, ref, f"{_label(method, preset)} on {what}", "fidelity", notes)
+            if qfs is None:
                 continue
             if {test[q]["n_images"] for q in qfs} != {ref[q]["n_images"] for q in qfs}:
                 notes.append(f"{_label(method, preset)} on {what}: scored on another image count than jpeg")
@@ -264,6 +261,18 @@ def fidelity_rows(df: pd.DataFrame, notes: list[str]) -> list[dict]:
                     except BDError as e:
                         notes.append(str(e))
     return rows
+
+
+def _shared_qfs(test: dict, ref: dict, name: str, board: str, notes: list[str]) -> list[int] | None:
+    """The QFs a method shares with its board's reference, or None (with a note when it had a curve) when fewer than
+    MIN_POINTS."""
+    qfs = sorted(set(test) & set(ref))
+    if len(qfs) >= MIN_POINTS:
+        return qfs
+    if len(test) >= 2:
+        shared = f" ({', '.join(map(str, qfs))})" if board == "fidelity" else ""
+        notes.append(f"{name}: {len(qfs)} QF(s) shared with {REFERENCE[board]}{shared}, {MIN_POINTS} needed")
+    return None
 
 
 def _by_qf(rows: pd.DataFrame) -> dict[int, dict[str, float]]:
@@ -291,11 +300,8 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
         for (method, preset, sha), t in g[g.method != REFERENCE[board]].groupby(
                 ["method", "preset", "weights_sha256"], sort=True):
             test = _by_qf(t)
-            qfs = sorted(set(test) & set(ref))
-            if len(qfs) < MIN_POINTS:
-                if len(test) >= 2:
-                    notes.append(f"{_label(method, preset)} on {what}: {len(qfs)} QF(s) shared with direct, "
-                                 f"{MIN_POINTS} needed")
+            qfs = _shared_qfs(test, ref, f"{_label(method, preset)} on {what}", board, notes)
+            if qfs is None:
                 continue
             spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet, board)
             if isinstance(spec, str):
