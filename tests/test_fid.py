@@ -108,7 +108,14 @@ def test_values_equal_torchmetrics_fed_the_same_module(inception_file, images):
     fid, kid = FID(weights=inception_file), KID(weights=inception_file)
     assert fid.inception is net and kid.inception is net  # one network per file for the whole run
     assert _score(fid, damaged, clean) == pytest.approx(float(ref_fid.compute()), rel=1e-5)
-    assert _score(kid, damaged, clean) == pytest.approx(float(ref_kid.compute()[0]), rel=1e-5)
+    # KID permutes each feature set with torch.randperm even when the subset is the whole set; the permuted float32
+    # kernel sums then differ in their last bits, and KID (k_xx + k_yy - 2 k_xy, ~0.006 here from terms ~1) loses
+    # ~3 digits to that cancellation: 4e-5 relative between two permutations. Drawn with our seed, the reference
+    # computes the same sums in the same order, so the two must agree exactly.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(distribution.KID_SEED)
+        ref_kid_value = float(ref_kid.compute()[0])
+    assert _score(kid, damaged, clean) == ref_kid_value
 
 
 def test_gray_and_y_are_scored_as_their_plane_repeated_to_rgb(inception_file, images):
