@@ -23,7 +23,6 @@ released file). The clean reference is the same resize/crop without JPEG.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,10 +42,12 @@ from datamodules.corruptions import (
 )
 from datamodules.sources import (
     IMAGE_SUFFIXES,
+    WNID,
     DatasetError,
     ImageError,
     ImageRecord,
     read_image,
+    read_wnids,
 )
 
 IMAGENET_C_JPEG_QF = AFD_QF_SET  # (25, 18, 15, 10, 7): severities 1..5
@@ -61,7 +62,8 @@ RESIZE, CROP = 256, 224
 IMAGENET_CLASSES = 1000
 
 
-_WNID = re.compile(r"n\d{8}")
+_WNID = WNID
+_read_wnids = read_wnids  # a wnid list or file -> wnids (light: datamodules.sources; the command line checks --wnids)
 
 
 class _SamplesClasses(NamedTuple):
@@ -81,22 +83,6 @@ class Labeled(_SamplesClasses):
 # ---- layouts -------------------------------------------------------------------------------------------------------
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _read_wnids(wnids: Sequence[str] | str | os.PathLike) -> list[str]:
-    """A wnid list, or a file whose lines start with a wnid (`LOC_synset_mapping.txt`, `wnids.txt`)."""
-    if isinstance(wnids, (str, os.PathLike)):
-        path = Path(wnids)
-        if not path.is_file():
-            raise DatasetError(f"wnid list {path} does not exist")
-        wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    wnids = list(wnids)
-    bad = [w for w in wnids if not _WNID.fullmatch(w)]
-    if bad:
-        raise DatasetError(f"not ImageNet wnids (nXXXXXXXX): {bad[:5]}")
-    if len(set(wnids)) != len(wnids):
-        raise DatasetError("the wnid list repeats wnids")
-    return wnids
 
 
 def _class_list(found: set[str], wnids, where: str) -> list[str]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from datamodules.sources import SAMPLE_IMAGES, SAMPLE_TRAIN_IMAGES, load_samples
 
+TASKS = ("classification", "detection", "segmentation")  # what a scene serves (and downstream evaluation knows)
 CLASSES = ("hstreaks", "vstreaks", "speckle", "blotch")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 

