@@ -116,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "and reference-run benchmarks")
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--map-images", type=int, default=500, help="images in the detection mAP benchmark")
+    b.add_argument("--forwards", action="store_true", help="forward passes instead: every shipped restorer and task "
+                   "model at the boards' sizes vs a reference convolution, each network's forward plan chosen by "
+                   "measurement, then whole board rows plain vs tuned")
+    b.add_argument("--record", action="store_true", help="with --forwards: write the chosen plans to "
+                   "lightning_modules/forward_plans.json (what runs use)")
+    b.add_argument("--models", default=None, help="with --forwards: comma list of network names or wildcards")
+    b.add_argument("--row-images", type=int, default=100, help="with --forwards: photos of the ImageNet sample in "
+                   "each whole-row timing (1000: the boards' rows; 0: no rows)")
+    b.add_argument("--row-method", default="jarcal", help="with --forwards: the restorer of the whole-row timings")
     b.set_defaults(module="bench")
 
     e = sub.add_parser("efficiency", help="params, FLOPs and CPU latency per preset -> leaderboards/efficiency.csv")

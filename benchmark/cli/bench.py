@@ -328,6 +328,10 @@ def bench_map(n_images: int, repeat: int) -> None:
 
 
 def main(args) -> int:
+    if getattr(args, "forwards", False):
+        from benchmark.cli import bench_forwards
+
+        return bench_forwards.main(args)
     import torch
 
     from datamodules.corruptions import codec_versions

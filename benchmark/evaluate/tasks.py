@@ -52,6 +52,7 @@ from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import ShapesTaskSet, collate
 from lightning_modules import create
+from lightning_modules.inference import plan_task_model
 from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
 
 DIRECT, CLEAN = "direct", "clean"
@@ -90,6 +91,7 @@ class TaskRequest:
     wnids: str | None = None
     seg_mode: str = "whole"  # real PSPNet: mmseg's 'whole' or 'slide' inference
     add_reference: bool = True  # the `clean`/`direct` rows (False: only the methods, e.g. adding one to a board)
+    loader_workers: int = 0  # DataLoader processes: corrupting/decoding beside the forwards (`benchmark bench`)
 
 
 SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
@@ -183,7 +185,7 @@ def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], 
     else:
         sets = [CorruptedSet(items, c, cache, kind) for c in corruptions]
         bs = req.batch_size if task == "classification" else 1  # real detection/segmentation images differ in size
-    return [DataLoader(s, batch_size=bs, collate_fn=collate, num_workers=0) for s in sets]
+    return [DataLoader(s, batch_size=bs, collate_fn=collate, num_workers=req.loader_workers) for s in sets]
 
 
 def _resaved(c: Corruption, resave: bool) -> Corruption:
@@ -252,7 +254,8 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                 # photos: the clean row scores the clean detections already made for the ground truth
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
                 loaders = _loaders(task, req, job[len(known):], cache, items)
-                ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos)
+                ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos,
+                                   forward_name=tm.name if net is tm.net else None)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -290,9 +293,10 @@ def pseudo_labelled(photos: Dataset, tm, cache: CorruptionCache, progress: bool)
         boxes = []
         it = tqdm(range(len(photos)), desc=f"{tm.name} on the clean photos", leave=False, file=sys.stderr,
                   disable=not progress)
+        forward = plan_task_model(tm.net, tm.name)
         with torch.inference_mode():
             for i in it:
-                (out,) = tm.net([photos[i][0].float() / 255.0])
+                (out,) = forward([photos[i][0].float() / 255.0])
                 keep = out["scores"] >= LABEL_PROXY_SCORE
                 boxes.append({k: out[k][keep].cpu() for k in ("boxes", "labels", "scores")})
         store.save(boxes)
@@ -430,9 +434,14 @@ def restore_tiled(restorer, x: torch.Tensor, tile: int | None, overlap: int = 16
 
 class TaskEvaluator(L.LightningModule):
     def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
-                 restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False):
+                 restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False,
+                 forward_name: str | None = None):
         super().__init__()
         self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
+        # the task model under its measured forward plan (`forward_name`: the plain task model's name; a plugged or
+        # replaced classifier runs its own forward); kept out of the module tree
+        self.__dict__["task_forward"] = plan_task_model(self.task_model, forward_name) if forward_name \
+            else self.task_model
         self.scores = nn.ModuleList(task_metric(task, num_classes) for _ in range(n_corruptions))
         # unannotated photos: also "is the photo's ImageNet class detected?"
         self.proxy = nn.ModuleList(LabelProxy() for _ in range(n_corruptions)) if label_proxy else None
@@ -454,12 +463,12 @@ class TaskEvaluator(L.LightningModule):
         if self.task == "classification":
             # a cross-fitted classifier (jpeg_finetune.lite0) picks its fold copy by the label's fold, nothing else
             logits = self.task_model(x, target) if getattr(self.task_model, "routes_by_label", False) \
-                else self.task_model(x)
+                else self.task_forward(x)
             metric.update(logits, target, ids=ids)
         elif self.task == "segmentation":
-            metric.update(self.task_model(x).argmax(1), target, ids=ids)
+            metric.update(self.task_forward(x).argmax(1), target, ids=ids)
         else:
-            outputs = self.task_model(list(x))
+            outputs = self.task_forward(list(x))
             metric.update(outputs, target, ids)
             if self.proxy is not None:
                 self.proxy[dataloader_idx].update(outputs, target, ids)

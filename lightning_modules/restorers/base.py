@@ -52,15 +52,32 @@ class RestorerModule(L.LightningModule):
         m = self.size_multiple
         h, w = x.shape[-2:]
         ph, pw = (-h) % m, (-w) % m
+        net = self._inference_net() if self._inferring else self.net
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
-            return self.net(F.pad(x, (0, pw, 0, ph), mode=mode))[..., :h, :w]
-        return self.net(x)
+            return net(F.pad(x, (0, pw, 0, ph), mode=mode))[..., :h, :w]
+        return net(x)
+
+    _inferring = False  # inside `restore`: the network runs under its measured forward plan
+
+    def _inference_net(self):
+        """The network under its forward plan (`lightning_modules.inference`), built once per mode and network."""
+        from lightning_modules.inference import forward_mode_now, planned
+
+        key = (forward_mode_now(), id(self.net))
+        cached = self.__dict__.get("_planned")  # a plain attribute, not a submodule: no state-dict keys
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_planned"] = (key, planned(self.net, f"{self.method_name}.{self.preset_name}"))
+        return cached[1]
 
     @torch.no_grad()
     def restore(self, x: torch.Tensor) -> torch.Tensor:
         """Inference on [0, 1] images; output clamped to [0, 1]."""
-        return self(x).clamp_(0, 1)
+        self._inferring = True
+        try:
+            return self(x).clamp_(0, 1)
+        finally:
+            self._inferring = False
 
     # ---- training on (corrupted, clean) crops --------------------------------------------------------------------
     def _loss(self, pred, target):

@@ -21,6 +21,7 @@ from timm.layers import create_conv2d, make_divisible
 from torch import nn
 
 from datamodules.detection import coco_categories
+from lightning_modules.inference import dense
 from lightning_modules.task_models.tfjs import GraphError, read_weights
 
 INPUT_SIZE = 512
@@ -296,10 +297,15 @@ class CenterNetDetector(nn.Module):
         canvas[:, top:top + nh, left:left + nw] = resized
         return canvas, scale, left, top
 
+    @property
+    def dense_net(self) -> nn.Module:
+        """The fixed-size dense network between pre- and post-processing: what a forward plan runs."""
+        return self.net
+
     @torch.no_grad()
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         boxed = [self.letterbox(img) for img in images]
-        heat, wh = self.net(torch.stack([b[0] for b in boxed]))
+        heat, wh = dense(self)(torch.stack([b[0] for b in boxed]))
         out = []
         for det, (_, scale, left, top), img in zip(decode(heat, wh), boxed, images):
             keep = det[:, 4] >= self.score_threshold

@@ -32,6 +32,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from datamodules.detection import coco_categories
+from lightning_modules.inference import dense
 from lightning_modules.task_models.tfjs import GraphError, read_weights
 
 INPUT_SIZE = 416
@@ -281,9 +282,15 @@ class NanoDetDetector(nn.Module):
         return {"boxes": (boxes[keep] * scale).float(), "labels": self.category_ids[cls[keep]].long(),
                 "scores": scores[keep].float()}
 
+    @property
+    def dense_net(self) -> nn.Module:
+        """The fixed-size dense network between pre- and post-processing: what a forward plan runs."""
+        return self.net
+
     @torch.no_grad()
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        return [self.postprocess(self.net(self.preprocess(im)), im.shape[-2], im.shape[-1]) for im in images]
+        net = dense(self)
+        return [self.postprocess(net(self.preprocess(im)), im.shape[-2], im.shape[-1]) for im in images]
 
 
 def build_nanodet_g(json_path: str | Path) -> NanoDetDetector:
