@@ -44,6 +44,7 @@ from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import TASKS, ShapesTaskSet, collate
 from lightning_modules import create
+from lightning_modules.restorers import tiling
 from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
 
 DIRECT, CLEAN = "direct", "clean"
@@ -79,7 +80,8 @@ class TaskRequest:
     preset: str | None = None
     weights: str | None = None
     batch_size: int = 16
-    tile: int | None = None
+    tile: int | None = None  # restore in tiles of at most this side (overlap included)
+    memory_budget: float | None = None  # GB; restoration tiles itself above it (None: $CARBENCH_MEMORY_BUDGET or 2)
     cache_dir: str | None = None
     use_cache: bool = True
     accelerator: str = "auto"
@@ -273,7 +275,8 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                 # photos: the clean row scores the clean detections already made for the ground truth
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
                 loaders = _loaders(task, req, job[len(known):], cache, items)
-                ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos)
+                ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos,
+                                   memory_budget=req.memory_budget)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -427,33 +430,13 @@ def format_task_table(task: str, rows: list[dict]) -> str:
 
 
 
-def restore_tiled(restorer, x: torch.Tensor, tile: int | None, overlap: int = 16) -> torch.Tensor:
-    """Restore whole, or in overlapping tiles when the image exceeds `tile` (memory budget). Each tile's border
-    `overlap` is discarded, so outputs equal the whole-image result away from seams (exactly, for a receptive field
-    smaller than the overlap)."""
-    h, w = x.shape[-2:]
-    if not tile or (h <= tile and w <= tile):
-        return restorer.restore(x)
-    if tile <= 2 * overlap:
-        raise ValueError(f"tile {tile} must exceed twice the overlap ({overlap})")
-    out = torch.empty_like(x)
-    step = tile - 2 * overlap
-    for y0 in range(0, h, step):
-        for x0 in range(0, w, step):
-            ys, xs = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            ye, xe = min(y0 + step + overlap, h), min(x0 + step + overlap, w)
-            r = restorer.restore(x[..., ys:ye, xs:xe])
-            oy, ox = y0 - ys, x0 - xs
-            out[..., y0:min(y0 + step, h), x0:min(x0 + step, w)] = r[..., oy:oy + min(step, h - y0),
-                                                                     ox:ox + min(step, w - x0)]
-    return out
-
-
 class TaskEvaluator(L.LightningModule):
     def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
-                 restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False):
+                 restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False,
+                 memory_budget: float | None = None):
         super().__init__()
         self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
+        self.memory_budget = memory_budget
         self.scores = nn.ModuleList(task_metric(task, num_classes) for _ in range(n_corruptions))
         # unannotated photos: also "is the photo's ImageNet class detected?"
         self.proxy = nn.ModuleList(LabelProxy() for _ in range(n_corruptions)) if label_proxy else None
@@ -464,7 +447,8 @@ class TaskEvaluator(L.LightningModule):
         corrupted, _, target, meta = batch
         x = corrupted.float() / 255.0
         if self.restorer is not None:
-            x = restore_tiled(self.restorer, x, self.tile)
+            x = tiling.restore(self.restorer, x, self.tile, self.memory_budget,
+                               name=f"images {meta['index'].tolist()}")
             if not torch.isfinite(x).all():
                 raise ValueError(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf "
                                  f"(images {meta['index'].tolist()})")
