@@ -269,17 +269,25 @@ def _padded(restorer, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _even(n: int, core: int, align: int) -> int:
+    """The core size (<= core, a multiple of align) that splits n into as few, equal parts as `core` allows."""
+    parts = -(-n // core)
+    return min(core, -(-(-(-n // parts)) // align) * align)
+
+
 def _run_tiles(fn, x: torch.Tensor, core: int, overlap: int, align: int, stride: int = 1) -> torch.Tensor:
-    """fn(tile, (y, x)) over overlapping tiles of x (cores of `core` px, at least `overlap` px of context on every
-    side that is not an image edge), assembled; fn's output is at 1/stride of its input (stride divides align)."""
+    """fn(tile, (y, x)) over overlapping tiles of x (cores of at most `core` px, split evenly per axis, at least
+    `overlap` px of context on every side that is not an image edge), assembled; fn's output is at 1/stride of its
+    input (stride divides align)."""
     h, w = x.shape[-2:]
     out = None
-    for y0, ys, ye in _windows(h, core, overlap, align):
-        for x0, xs, xe in _windows(w, core, overlap, align):
+    core_h, core_w = _even(h, core, align), _even(w, core, align)
+    for y0, ys, ye in _windows(h, core_h, overlap, align):
+        for x0, xs, xe in _windows(w, core_w, overlap, align):
             r = fn(x[..., ys:ye, xs:xe], (ys, xs))
             if out is None:
                 out = r.new_empty(*r.shape[:-2], -(-h // stride), -(-w // stride))
-            cy, cx = min(core, h - y0), min(core, w - x0)
+            cy, cx = min(core_h, h - y0), min(core_w, w - x0)
             oy, ox = (y0 - ys) // stride, (x0 - xs) // stride
             out[..., y0 // stride:(y0 + cy) // stride, x0 // stride:(x0 + cx) // stride] = \
                 r[..., oy:oy + cy // stride, ox:ox + cx // stride]
