@@ -251,7 +251,7 @@ def _windows(n: int, core: int, overlap: int, align: int):
     the far edge (which the last window reaches): a window that would cross an image edge slides inward instead of
     shrinking, so a run sees at most two tile shapes (oneDNN/cuDNN plan once per shape) and no small tiles."""
     size = core + 2 * overlap
-    last = max(0, (n - size) // align * align)
+    last = max(0, -(-(n - size) // align) * align)  # the last window: [last, n), at most `size`
     for c in range(0, n, core):
         start = min(max(c - overlap, 0), last)
         yield c, start, (n if start == last else start + size)
