@@ -6,7 +6,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.metrics.detection import DetectionMAP
-from benchmark.evaluate.tasks import TaskEvaluator, restore_tiled
+from benchmark.evaluate.tasks import TaskEvaluator
+from lightning_modules.restorers.tiling import restore_tiled
 from datamodules.corruptions import Corruption
 from datamodules.shapes import CLASSES
 from datamodules.tasks import ShapesTaskSet, collate

@@ -75,7 +75,8 @@ def main(args) -> int:
                           channels=args.channels, data_root=args.data_root, preset=args.preset, weights=args.weights,
                           cache_dir=args.cache_dir, use_cache=not args.no_cache, accelerator=args.accelerator,
                           devices=args.devices, add_reference=not args.no_reference, progress=not args.quiet,
-                          qf_override=args.qf_override, metrics=metrics, inception_weights=args.inception_weights)
+                          qf_override=args.qf_override, metrics=metrics, inception_weights=args.inception_weights,
+                          tile=args.tile, memory_budget=args.memory_budget)
     t0 = time.time()
     profile: dict = {}
     try:
@@ -137,7 +138,7 @@ def _run_tasks(args, methods, corruptions) -> int:
                       weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
                       use_cache=not args.no_cache, accelerator=args.accelerator, devices=args.devices,
                       progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids,
-                      seg_mode=args.seg_mode, add_reference=not args.no_reference)
+                      seg_mode=args.seg_mode, add_reference=not args.no_reference, memory_budget=args.memory_budget)
     t0 = time.time()
     rows, failures = run_tasks(req)
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 reports and writes

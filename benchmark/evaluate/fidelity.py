@@ -34,6 +34,7 @@ from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.fidelity import EvalDataModule
 from lightning_modules import create
 from lightning_modules.registry import MethodError
+from lightning_modules.restorers import tiling
 
 REFERENCE_METHOD = "jpeg"
 
@@ -57,6 +58,8 @@ class FidelityRequest:
     qf_override: int | None = None  # FBCNN's flexible control: restore as if the input had this QF
     metrics: tuple[str, ...] = DEFAULT_METRICS  # `benchmark.metrics.fidelity_metrics(...)`: the core three + extras
     inception_weights: str | None = None  # FID/KID's Inception file (None: torch-fidelity's cache folder)
+    tile: int | None = None  # restore in tiles of at most this side (overlap included)
+    memory_budget: float | None = None  # GB; restoration tiles itself above it (None: $CARBENCH_MEMORY_BUDGET or 2)
 
 
 
@@ -73,9 +76,11 @@ def make_metric(name: str, channels: str = "rgb", inception_weights: str | None 
 
 class FidelityEvaluator(L.LightningModule):
     def __init__(self, restorer: L.LightningModule, n_corruptions: int, channels: str = "rgb",
-                 metrics: tuple[str, ...] = DEFAULT_METRICS, inception_weights: str | None = None):
+                 metrics: tuple[str, ...] = DEFAULT_METRICS, inception_weights: str | None = None,
+                 tile: int | None = None, memory_budget: float | None = None):
         super().__init__()
         self.restorer, self.channels, self.metric_names = restorer, channels, tuple(metrics)
+        self.tile, self.memory_budget = tile, memory_budget
         self.scores = nn.ModuleList(
             MetricCollection({k: make_metric(k, channels, inception_weights) for k in metrics}, compute_groups=False)
             for _ in range(n_corruptions))
@@ -92,10 +97,11 @@ class FidelityEvaluator(L.LightningModule):
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
         corrupted, clean, meta = batch
-        t0 = time.perf_counter()
-        restored = self.restorer.restore(corrupted.float() / 255.0)
-        self.forward_seconds += time.perf_counter() - t0
         name = meta["name"][0] if isinstance(meta["name"], (list, tuple)) else meta["name"]
+        t0 = time.perf_counter()
+        restored = tiling.restore(self.restorer, corrupted.float() / 255.0, self.tile, self.memory_budget,
+                                  name=f"{name} ({meta['key'][0]})")
+        self.forward_seconds += time.perf_counter() - t0
         if restored.shape != corrupted.shape:  # never score a cropped/resized/channel-changed output
             raise NonFiniteOutput(f"method {getattr(self.restorer, 'method_name', '?')!r} returned shape "
                                   f"{tuple(restored.shape)} for input {tuple(corrupted.shape)} on image {name!r}")
@@ -168,7 +174,7 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                         rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
                     continue
                 evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics,
-                                              req.inception_weights)
+                                              req.inception_weights, req.tile, req.memory_budget)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress))

@@ -53,6 +53,7 @@ from datamodules.sources import ImageRecord
 from datamodules.tasks import ShapesTaskSet, collate
 from lightning_modules import create
 from lightning_modules.inference import plan_task_model
+from lightning_modules.restorers import tiling
 from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
 
 DIRECT, CLEAN = "direct", "clean"
@@ -80,7 +81,8 @@ class TaskRequest:
     preset: str | None = None
     weights: str | None = None
     batch_size: int = 16
-    tile: int | None = None
+    tile: int | None = None  # restore in tiles of at most this side (overlap included)
+    memory_budget: float | None = None  # GB; restoration tiles itself above it (None: $CARBENCH_MEMORY_BUDGET or 2)
     cache_dir: str | None = None
     use_cache: bool = True
     accelerator: str = "auto"
@@ -255,7 +257,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
                 loaders = _loaders(task, req, job[len(known):], cache, items)
                 ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos,
-                                   forward_name=tm.name if net is tm.net else None)
+                                   memory_budget=req.memory_budget, forward_name=tm.name if net is tm.net else None)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -410,34 +412,13 @@ def format_task_table(task: str, rows: list[dict]) -> str:
 
 
 
-def restore_tiled(restorer, x: torch.Tensor, tile: int | None, overlap: int = 16) -> torch.Tensor:
-    """Restore whole, or in overlapping tiles when the image exceeds `tile` (memory budget). Each tile's border
-    `overlap` is discarded, so outputs equal the whole-image result away from seams (exactly, for a receptive field
-    smaller than the overlap)."""
-    h, w = x.shape[-2:]
-    if not tile or (h <= tile and w <= tile):
-        return restorer.restore(x)
-    if tile <= 2 * overlap:
-        raise ValueError(f"tile {tile} must exceed twice the overlap ({overlap})")
-    out = torch.empty_like(x)
-    step = tile - 2 * overlap
-    for y0 in range(0, h, step):
-        for x0 in range(0, w, step):
-            ys, xs = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            ye, xe = min(y0 + step + overlap, h), min(x0 + step + overlap, w)
-            r = restorer.restore(x[..., ys:ye, xs:xe])
-            oy, ox = y0 - ys, x0 - xs
-            out[..., y0:min(y0 + step, h), x0:min(x0 + step, w)] = r[..., oy:oy + min(step, h - y0),
-                                                                     ox:ox + min(step, w - x0)]
-    return out
-
-
 class TaskEvaluator(L.LightningModule):
     def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
                  restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False,
-                 forward_name: str | None = None):
+                 memory_budget: float | None = None, forward_name: str | None = None):
         super().__init__()
         self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
+        self.memory_budget = memory_budget
         # the task model under its measured forward plan (`forward_name`: the plain task model's name; a plugged or
         # replaced classifier runs its own forward); kept out of the module tree
         self.__dict__["task_forward"] = plan_task_model(self.task_model, forward_name) if forward_name \
@@ -452,7 +433,8 @@ class TaskEvaluator(L.LightningModule):
         corrupted, _, target, meta = batch
         x = corrupted.float() / 255.0
         if self.restorer is not None:
-            x = restore_tiled(self.restorer, x, self.tile)
+            x = tiling.restore(self.restorer, x, self.tile, self.memory_budget,
+                               name=f"images {meta['index'].tolist()}")
             if not torch.isfinite(x).all():
                 raise ValueError(f"method {getattr(self.restorer, 'method_name', '?')!r} produced NaN/inf "
                                  f"(images {meta['index'].tolist()})")

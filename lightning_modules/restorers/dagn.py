@@ -142,9 +142,15 @@ class CrossFeatureFusion(nn.Module):
         self.sizes = sizes
 
     def forward(self, f_cif: torch.Tensor, f_bf: torch.Tensor) -> torch.Tensor:
+        return self.attend(f_bf, *self.key_value(f_cif))
+
+    def key_value(self, f_cif: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled keys and values (N x C x S): the image-wide part of Eq. 10."""
+        return pyramid_pool(self.c1(f_cif), self.sizes), pyramid_pool(self.c2(f_cif), self.sizes)
+
+    def attend(self, f_bf: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         n, c, h, w = f_bf.shape
         query = self.c3(f_bf).flatten(2).transpose(1, 2)  # N x HW x C
-        key, value = pyramid_pool(self.c1(f_cif), self.sizes), pyramid_pool(self.c2(f_cif), self.sizes)  # N x C x S
         similarity = torch.softmax(query @ key / math.sqrt(c), dim=-1)  # N x HW x S
         fused = (similarity @ value.transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w)
         return fused + f_bf
@@ -201,18 +207,41 @@ class DAGN(nn.Module):
     def encoders(self) -> list[nn.Module]:
         return [e for e in (self.insensitive_encoder, self.sensitive_encoder) if e is not None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f_cif = self.insensitive_encoder(x) if self.insensitive_encoder is not None else None
-        f_csf = self.sensitive_encoder(x) if self.sensitive_encoder is not None else None
+    def guidance(self, f_cif: torch.Tensor | None, f_csf: torch.Tensor | None):
+        """The image-wide part: the guiders' (scale, shift) per DAGB and the CFM's pooled keys/values."""
         none = [(None, None)] * 3
         ins = self.insensitive_guider(f_cif) if self.cigm else none
         sen = self.sensitive_guider(f_csf) if self.csgm else none
+        return ins, sen, self.fusion.key_value(f_cif) if self.cfm else None
+
+    # ---- tiling (lightning_modules/restorers/tiling.py) ------------------------------------------------------------
+    def encoded(self, x: torch.Tensor) -> torch.Tensor:
+        """Both encoders' maps (insensitive first), concatenated: local, at 1/16."""
+        return torch.cat([e(x) for e in self.encoders()], dim=1)
+
+    def tile_context(self, x: torch.Tensor, tiled):
+        """The encoders run tile by tile (`tiled(fn, x, stride)`); the guiders' global average and the CFM's
+        pyramid pooling then see the whole image's maps. None without encoders (the baseline is local)."""
+        if not self.encoders():
+            return None
+        f = tiled(self.encoded, x, 16)
+        c = self.insensitive_encoder.out_channels if self.insensitive_encoder is not None else 0
+        return self.guidance(f[:, :c] if c else None, f[:, c:] if self.sensitive_encoder is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = getattr(self, "_tile_state", None)
+        if state is not None and state[0] is not None:  # a tile: the image-wide part comes from tile_context
+            ins, sen, kv = state[0]
+        else:
+            f_cif = self.insensitive_encoder(x) if self.insensitive_encoder is not None else None
+            f_csf = self.sensitive_encoder(x) if self.sensitive_encoder is not None else None
+            ins, sen, kv = self.guidance(f_cif, f_csf)
         skips = [self.head(x)]
         for down in self.down:
             skips.append(down(skips[-1]))
         h = self.body_encoder(skips[-1])
         if self.cfm:
-            h = self.fusion(f_cif, h)
+            h = self.fusion.attend(h, *kv)
         h = self.body_decoder(h)
         for i, dagb in enumerate(self.up):
             h = dagb(h, skips[3 - i], sen[i], ins[i])

@@ -210,7 +210,24 @@ class FBCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = None if self._qf_override is None else qf_to_input(self._qf_override)
+        state = getattr(self, "_tile_state", None)
+        if q is None and state is not None:  # a tile: the QF predicted on the whole image (tile_context)
+            q = state[0]
         return self.forward_with_qf(x, q)[0]
+
+    # ---- tiling (lightning_modules/restorers/tiling.py) ------------------------------------------------------------
+    def qf_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The QF predictor's features before its global average pool: local, at 1/8 (x a multiple of 8)."""
+        f = self.m_body_encoder(self.m_down3(self.m_down2(self.m_down1(self.m_head(x)))))
+        return self.qf_pred[:self.nb](f)
+
+    def tile_context(self, x: torch.Tensor, tiled):
+        """The global part of a tiled forward: q predicted from the whole image's bottleneck features, which are
+        local and computed tile by tile (`tiled(fn, x, stride)`); the average and the MLP then see what the
+        whole-image forward sees. None with a QF override (the forward is local then)."""
+        if self._qf_override is not None:
+            return None
+        return self.qf_pred[self.nb:](tiled(self.qf_features, x, 8))
 
 
 def init_official(net: nn.Module, gain: float = 0.2) -> nn.Module:

@@ -247,14 +247,28 @@ class PyramidPooling(nn.Module):
         self.bottleneck = nn.Conv2d(c + len(self.scales) * ct, c, 1)
         self.act = nn.LeakyReLU(SLOPE, inplace=True)
 
-    def forward(self, x):
+    def forward(self, x, priors: torch.Tensor | None = None):
+        """priors: the upsampled priors (N x scales x H x W) computed by `priors_of` on the whole image (a tile)."""
         h, w = x.shape[-2:]
+        if priors is not None:
+            return self.act(self.bottleneck(torch.cat([priors, x], dim=1)))
         priors = []
         for s, conv in zip(self.scales, self.reduce):
             k = min(s, h, w)
             p = F.leaky_relu(conv(F.avg_pool2d(x, k)), SLOPE)
             priors.append(F.interpolate(p, size=(h, w), mode="nearest"))
         return self.act(self.bottleneck(torch.cat(priors + [x], dim=1)))
+
+    def reduced(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1-channel reductions at full size (N x scales x H x W): the reduce convs are 1x1 without bias, so
+        pooling after them equals pooling before (up to float rounding) -- and they are local."""
+        return torch.cat([conv(x) for conv in self.reduce], dim=1)
+
+    def priors_of(self, reduced: torch.Tensor) -> torch.Tensor:
+        """The upsampled priors of the whole image from its `reduced` maps (what `forward` concatenates)."""
+        h, w = reduced.shape[-2:]
+        return torch.cat([F.interpolate(F.leaky_relu(F.avg_pool2d(reduced[:, i:i + 1], min(s, h, w)), SLOPE),
+                                        size=(h, w), mode="nearest") for i, s in enumerate(self.scales)], dim=1)
 
 
 # ---- the network ----------------------------------------------------------------------------------------------------
@@ -321,6 +335,21 @@ class JARCAL(nn.Module):
         m = self.size_multiple
         ph, pw = (-h) % m, (-w) % m
         xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x  # RestorerModule pads already
+        d = self.trunk(xp)
+        state = getattr(self, "_tile_state", None)
+        priors = None
+        if state is not None and state[0] is not None:  # a tile: the whole image's pyramid priors, cut to it
+            (y0, x0), s = state[1], self.scale
+            priors = state[0][..., y0 // s:y0 // s + d.shape[-2], x0 // s:x0 // s + d.shape[-1]]
+        out = self.tail(self.pyramid(d, priors) if priors is not None else self.pyramid(d))
+        if self.scale > 1:
+            out = F.pixel_shuffle(out, self.scale)
+        if self.global_residual:
+            out = out + xp
+        return out[..., :h, :w]
+
+    def trunk(self, xp: torch.Tensor) -> torch.Tensor:
+        """Everything before the pyramid pooling (xp a multiple of size_multiple): local, at 1/scale."""
         d = self.head(F.pixel_unshuffle(xp, self.scale) if self.scale > 1 else xp)
         if self.use_encoder:
             guides = self.guidance(xp)
@@ -330,12 +359,16 @@ class JARCAL(nn.Module):
             if self.use_encoder:
                 d = self.fusions[i](guides[i], d)
             d = rec(d)
-        out = self.tail(self.pyramid(d))
-        if self.scale > 1:
-            out = F.pixel_shuffle(out, self.scale)
-        if self.global_residual:
-            out = out + xp
-        return out[..., :h, :w]
+        return d
+
+    # ---- tiling (lightning_modules/restorers/tiling.py) ------------------------------------------------------------
+    def tile_context(self, x: torch.Tensor, tiled):
+        """The pyramid pooling's windows (up to 32 trunk pixels, stretched by nearest upsampling to the whole
+        image's size) make the output depend on the image size: its priors are computed on the whole image from
+        the trunk's 1-channel reductions, run tile by tile (`tiled(fn, x, stride)`). None without the pyramid."""
+        if not isinstance(self.pyramid, PyramidPooling):
+            return None
+        return self.pyramid.priors_of(tiled(lambda t: self.pyramid.reduced(self.trunk(t)), x, self.scale))
 
 
 def _resize(f: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
