@@ -202,6 +202,11 @@ def bench_metrics(label: str, records, repeat: int) -> None:
 
     from benchmark import metrics
 
+    # glibc's steady state in a long-running process (one that has loaded a model): once a block above its mmap
+    # threshold (128 kB at start) is freed, temporaries up to that size come from the heap, not from fresh mappings
+    # with a page fault per 4 kB. A fresh process would time the references with those faults (scikit-image PSNR 4x
+    # slower); the old 2^24 luma table's set-up happened to free 8 MB blocks, so its process was in this state
+    np.empty(1 << 21)  # 16 MB, freed at once
     pairs = make_pairs(records)
     # each implementation gets its natural input, prepared outside the timing: HxWx3 arrays for the references,
     # (1, 3, H, W) uint8 tensors (views of the same memory, as carbench's loaders make them) for ours
