@@ -204,8 +204,9 @@ def bench_metrics(label: str, records, repeat: int) -> None:
 
     # glibc's steady state in a long-running process (one that has loaded a model): once a block above its mmap
     # threshold (128 kB at start) is freed, temporaries up to that size come from the heap, not from fresh mappings
-    # with a page fault per 4 kB. A fresh process would time the references with those faults (scikit-image PSNR 4x
-    # slower); the old 2^24 luma table's set-up happened to free 8 MB blocks, so its process was in this state
+    # with a page fault per 4 kB. A fresh process times the references with those faults (scikit-image PSNR 5.5 ms
+    # instead of 1.5 ms per LIVE1 image). Allocator state still moves the references up to 2x (a process that built
+    # the old 2^24 luma table: numpy PSNR-B 3.6 ms vs 7.0 here): the ratios hold within one run only
     np.empty(1 << 21)  # 16 MB, freed at once
     pairs = make_pairs(records)
     # each implementation gets its natural input, prepared outside the timing: HxWx3 arrays for the references,
