@@ -99,15 +99,29 @@ def test_metrics_match_references_at_full_size_and_in_y():
         assert float(ssim(chw(out), chw(clean), "y")) == pytest.approx(ref_y, abs=1e-5)
 
 
-def test_luma_table_equals_the_float64_conversion_for_every_colour():
-    """The rounded-Y lookup is exact: all 2^24 colours against MATLAB's formula in float64 (`rgb_to_y`)."""
-    from benchmark.metrics.fidelity import _y_uint8
+def test_luma_is_rgb_to_y_rounded_half_away_from_zero_for_every_colour():
+    """The integer luma formula, all 2^24 colours: equal to float64 `rgb_to_y(...).round()` wherever the exact value
+    is not a tie, and at the exact ties (Y = k + 1/2, found in integers) k + 1, as MATLAB rounds to uint8 (half away
+    from zero), where float64 lands on or beside k + 1/2 and torch rounds half to even: 107 of the 194 ties were
+    rounded down before (METRICS_VERSION 3)."""
+    from benchmark.metrics.fidelity import _single_threaded, _y_uint8
 
-    v = torch.arange(256, dtype=torch.uint8)
-    r, g = torch.meshgrid(v, v, indexing="ij")
-    for b in range(0, 256, 1):
-        img = torch.stack([r, g, torch.full_like(r, b)])[None]  # (1, 3, 256, 256): every (r, g) with this b
-        assert torch.equal(_y_uint8(img), rgb_to_y(img.double()).round().to(torch.uint8))
+    luma64 = _single_threaded(lambda img: rgb_to_y(img.double())[0, 0])  # 256 small calls: threads only contend
+    r, g = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    ties = down_before = 0
+    for b in range(256):  # every (r, g) with this blue
+        img = torch.from_numpy(np.stack([r, g, np.full_like(r, b)]))[None]
+        y64 = luma64(img)
+        expected = y64.round().numpy()
+        s = 65481 * r + 128553 * g + 24966 * b  # 255000 (Y - 16), exact
+        tie = s % 255000 == 127500
+        half = 16 + (s[tie] - 127500) // 255000  # the exact Y is half + 1/2
+        assert np.all(np.abs(y64.numpy()[tie] - half - 0.5) < 1e-12)  # float64 on or beside the tie
+        ties += int(tie.sum())
+        down_before += int((expected[tie] == half).sum())
+        expected[tie] = half + 1
+        assert np.array_equal(_y_uint8(img.to(torch.uint8))[0, 0].numpy(), expected)
+    assert (ties, down_before) == (194, 107)
 
 
 def test_y_conversion_matches_skimage(rng):
@@ -166,10 +180,65 @@ def test_psnrb_hand_computed_blocky_image():
 def test_float_inputs_are_rounded_and_nan_refused(rng):
     clean, out = pair(rng, 3)
     f = chw(out).float() / 255
-    assert float(psnr(f, chw(clean))) == pytest.approx(float(psnr(chw(out), chw(clean))))
-    f[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        to_uint8(f)
+    assert float(psnr(f, chw(clean))) == float(psnr(chw(out), chw(clean)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        g = f.clone()
+        g[0, 0, 0, 0] = bad
+        with pytest.raises(ValueError, match="NaN"):
+            to_uint8(g)
+        with pytest.raises(ValueError, match="NaN"):
+            psnr(g, chw(clean))
+
+
+def test_to_uint8_equals_torch_clamp_scale_round(rng):
+    """The numpy path equals `(img.clamp(0, 1) * 255).round()` on every layout and float type, out-of-range values
+    and exact halves (k + 1/2 after scaling: rounded half to even) included."""
+    x = torch.from_numpy(rng.uniform(-0.2, 1.2, (2, 3, 17, 23)))
+    x[0, 0, 0, :8] = (torch.arange(8) + 0.5) / 255  # halves in float64
+    x[0, 0, 1, :3] = torch.tensor([-0.0, 1e30, -1e30])
+    for t in (x, x.float(), x.float().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), x.float()[..., ::2]):
+        assert torch.equal(to_uint8(t), (t.clamp(0, 1) * 255.0).round().to(torch.uint8))
+    h = x.clamp(-1, 2).half()  # not numpy's: the torch path
+    assert torch.equal(to_uint8(h), (h.clamp(0, 1) * 255.0).round().to(torch.uint8))
+
+
+def _blocky_pair():
+    """(clean, 8x8-blocky) uint8 (1, 3, 48, 64) pair from integer arithmetic only (the same on every platform)."""
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (3, 48, 64), dtype=np.uint8)
+    clean = (clean.astype(np.int32) + np.roll(clean, 1, -1) + np.roll(clean, 1, -2)) // 3
+    blocks = clean.reshape(3, 6, 8, 8, 8)
+    mean = blocks.sum((2, 4), keepdims=True) // 64
+    out = (mean + (blocks - mean) // 2).reshape(3, 48, 64)
+    return (torch.from_numpy(x.astype(np.uint8))[None] for x in (clean, out))
+
+
+# values of METRICS_VERSION 2 (before the workspace and the integer luma; this pair has no luma ties)
+_V2_VALUES = {("psnr", "rgb"): 21.691657939102697, ("psnr", "y"): 26.58192396925955,
+              ("ssim", "rgb"): 0.8087275033747708, ("ssim", "y"): 0.8208159044181627,
+              ("psnrb", "rgb"): 21.651787241762573, ("psnrb", "y"): 26.460144993310152}
+
+
+@pytest.mark.parametrize("name,channels", list(_V2_VALUES))
+def test_float_and_uint8_inputs_give_the_previous_values(name, channels):
+    fn = {"psnr": psnr, "ssim": ssim, "psnrb": psnrb}[name]
+    clean, out = _blocky_pair()
+    value = float(fn(out, clean, channels))
+    assert float(fn(out.float() / 255, clean.float() / 255, channels)) == value
+    assert float(fn(out.double() / 255, clean, channels)) == value
+    assert float(fn(out.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2), clean, channels)) == value
+    if name == "ssim":  # float32 filtering: the convolution's summation order may differ between CPUs
+        assert value == pytest.approx(_V2_VALUES[name, channels], abs=1e-7)
+    else:  # exact integer sums
+        assert value == _V2_VALUES[name, channels]
+
+
+def test_float_path_equals_uint8_path_at_full_size():
+    for clean, out in _full_size_pairs():
+        c, o = chw(clean), chw(out)
+        for fn in (psnr, ssim, psnrb):
+            for channels in ("rgb", "y"):
+                assert float(fn(o.float() / 255, c.float() / 255, channels)) == float(fn(o, c, channels))
 
 
 def test_shape_mismatch_is_an_error(rng):

@@ -4,7 +4,8 @@ Conventions (those of the tables carbench reproduces; see README "Metric convent
 - Inputs are uint8 images (N, C, H, W) with C = 1 (gray) or 3 (RGB). Float inputs are model outputs in [0, 1]
   and are rounded to uint8 first, as the field saves its results as 8-bit images before scoring.
 - `channels="rgb"`: the image's own channels (gray: 1, colour: RGB). `channels="y"`: colour images are scored on
-  MATLAB `rgb2ycbcr` luma (16..235), rounded to uint8 as MATLAB does for uint8 input; gray images are unchanged.
+  MATLAB `rgb2ycbcr` luma (16..235), rounded to uint8 as MATLAB does for uint8 input (half away from zero, in exact
+  integer arithmetic); gray images are unchanged.
 - PSNR = 10 log10(255^2 / MSE) per image, capped at PSNR_MAX = 100 dB: identical images (a flat
   image that JPEG reproduces exactly has MSE 0) score 100 dB instead of +inf, which would make the whole set's mean
   +inf. PSNR-B is capped the same way.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -40,68 +42,149 @@ MIN_SIDE = SCORABLE_MIN_SIDE  # the smallest image every metric can score; sourc
 if MIN_SIDE != _SSIM_WIN:
     raise ImportError(f"datamodules.sources.SCORABLE_MIN_SIDE ({MIN_SIDE}) must equal the SSIM window ({_SSIM_WIN})")
 # bump when a kernel's values change: cached reference scores (benchmark.evaluate.score_cache) of older kernels are not served
-METRICS_VERSION = 2
+# 3: Y rounds its exact ties half away from zero as MATLAB does (107 colours of 2^24 rounded down before; "y" scores
+#    and colour PSNR-B of images with such pixels move by <= 1e-5 dB)
+METRICS_VERSION = 3
 PSNR_MAX = 100.0  # dB; identical images (MSE 0) score this instead of +inf, so per-image means stay finite
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
     """Model output in [0, 1] -> uint8, the way results are saved before scoring. NaN/inf is an error."""
+    return _uint8(_pixels(img))
+
+
+class _Workspace(threading.local):
+    """Work arrays kept from call to call, per thread. A fresh multi-MB temporary costs a page fault per 4 kB on every
+    call (glibc hands large freed blocks back to the OS): measured, 3/4 of float-input PSNR's time on a loaded
+    machine. Arrays over _WORKSPACE_MAX values are not kept, so huge images do not pin their size in memory."""
+
+    def __init__(self):
+        self.arrays: dict[tuple[str, type], np.ndarray] = {}
+
+    def __call__(self, slot: str | None, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """An uninitialised array of `shape` (a fresh one where `slot` is None): valid until `slot` is asked again."""
+        n, dtype = math.prod(shape), np.dtype(dtype)
+        kept = self.arrays.get((slot, dtype)) if slot else None
+        if kept is None or kept.size < n:
+            kept = np.empty(n, dtype)
+            if slot and n <= _WORKSPACE_MAX:
+                self.arrays[slot, dtype] = kept
+        return kept[:n].reshape(shape)
+
+    def like(self, slot: str | None, a: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """`self(slot, a.shape, dtype)` laid out in `a`'s memory order: a ufunc whose output is ordered unlike its
+        inputs (a C-order result of a channels-last image) runs 3x slower."""
+        order = sorted(range(a.ndim), key=lambda i: -abs(a.strides[i]))  # outermost axis first
+        return self(slot, tuple(a.shape[i] for i in order), dtype).transpose(np.argsort(order))
+
+
+_WORKSPACE_MAX = 1 << 23  # values per array: 32 MB in float32, a 2.8 MP colour image
+_work = _Workspace()
+
+
+def _pixels(img: torch.Tensor, slot: str | None = None) -> torch.Tensor:
+    """`to_uint8`'s values in a type the kernels take as they are: uint8 images unchanged, float32/float64 CPU images as
+    float32 integers in [0, 255] (exact; no uint8 round trip; in workspace `slot` when given), other floats (CUDA,
+    half) as uint8."""
     if img.dtype == torch.uint8:
         return img
-    if not torch.isfinite(img).all():
+    if img.device.type != "cpu" or img.dtype not in (torch.float32, torch.float64):
+        if not torch.isfinite(img).all():
+            raise ValueError("image contains NaN or inf values")
+        return (img.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    a = img.detach().numpy()
+    # numpy in place, chunk by chunk: torch's isfinite/clamp/mul/round each allocate and walk a whole image (10x slower)
+    x = _work.like(slot, a, a.dtype)
+    flat_a, flat_x = a.ravel(order="K"), x.ravel(order="K")  # memory order: views of both where `a` is dense
+    if np.may_share_memory(flat_a, a):
+        for i in range(0, flat_a.size, _CHUNK):
+            _scale_round(flat_a[i:i + _CHUNK], flat_x[i:i + _CHUNK])
+    else:
+        _scale_round(a, x)
+    return torch.from_numpy(x.astype(np.float32, copy=False))
+
+
+_CHUNK = 1 << 16  # values: a chunk's four passes run in the L2 cache (measured 5-10% faster than whole images)
+
+
+def _scale_round(a: np.ndarray, x: np.ndarray) -> None:
+    """x = round(clamp(a, 0, 1) * 255) for float a; NaN/inf is an error."""
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # min and max propagate NaN
         raise ValueError("image contains NaN or inf values")
-    return (img.clamp(0, 1) * 255.0).round().to(torch.uint8)
+    # scaling before clipping gives clamp(0, 1) * 255 exactly: 1 * 255 is exact and rounding is monotone
+    np.multiply(a, 255, out=x)
+    if lo < 0 or hi > 1:
+        np.clip(x, 0, 255, out=x)
+    np.rint(x, out=x)  # half to even, as torch.round
 
 
-def _prepare(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> uint8 (N, C, H, W) CPU tensors on the requested channels (colour -> rounded MATLAB Y for "y")."""
+def _uint8(img: torch.Tensor) -> torch.Tensor:
+    """Integer-valued image (uint8, or float32 from `_pixels`) -> a uint8 tensor of its own."""
+    return img if img.dtype == torch.uint8 else torch.from_numpy(img.numpy().astype(np.uint8))
+
+
+def _checked(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validated (N, C, H, W) CPU pairs, still unconverted where `_pixels` converts on the CPU."""
     if channels not in CHANNELS:
         raise ValueError(f"channels={channels!r}: use one of {CHANNELS}")
-    preds, target = to_uint8(preds), to_uint8(target)
     if preds.ndim == 3:
         preds, target = preds.unsqueeze(0), target.unsqueeze(0)
     if preds.shape != target.shape:
         raise ValueError(f"shape mismatch: preds {tuple(preds.shape)} vs target {tuple(target.shape)}")
     if preds.ndim != 4 or preds.shape[1] not in (1, 3):
         raise ValueError(f"expected (N, 1|3, H, W) images, got {tuple(preds.shape)}")
-    # scores are a few integer sums and one small filter per image: the CPU is as fast as a round trip
-    preds, target = preds.cpu(), target.cpu()
-    if channels == "y" and preds.shape[1] == 3:
-        preds, target = _y_uint8(preds), _y_uint8(target)
-    return preds, target
+    # scores are a few integer sums and one small filter per image: the CPU is as fast as a round trip (a CUDA image
+    # is converted there: `_pixels` gives uint8)
+    return tuple(x if x.device.type == "cpu" else _pixels(x).cpu() for x in (preds, target))
+
+
+def _on_channels(img: torch.Tensor, channels: str, slot: str | None = None) -> torch.Tensor:
+    """Integer-valued image on the requested channels: colour -> rounded MATLAB Y for "y"."""
+    return _luma(img, slot) if channels == "y" and img.shape[-3] == 3 else img
+
+
+def _prepare(preds: torch.Tensor, target: torch.Tensor, channels: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> uint8 (N, C, H, W) CPU tensors on the requested channels (colour -> rounded MATLAB Y for "y")."""
+    return tuple(_uint8(_on_channels(_pixels(x), channels)) for x in _checked(preds, target, channels))
 
 
 def _y_uint8(img: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB (N, 3, H, W) -> rounded MATLAB luma (N, 1, H, W) uint8 (16..235), as MATLAB rounds uint8 input.
-
-    A lookup in the table of all 2^24 colours (equal to `rgb_to_y(...).round()` everywhere, tested): one gather
-    instead of eight float64 passes, 2.7x faster on LIVE1-size images."""
-    r, g, b = img.numpy().transpose(1, 0, 2, 3)  # plane views, whatever the memory layout
-    index = b.astype(np.uint32)
-    index <<= 8
-    index |= g
-    index <<= 8
-    index |= r
-    return torch.from_numpy(_luma_table().take(index))[:, None]
+    """uint8 RGB (N, 3, H, W) -> rounded MATLAB luma (N, 1, H, W) uint8 (16..235)."""
+    return _uint8(_luma(img))
 
 
-@lru_cache(maxsize=1)
-def _luma_table() -> np.ndarray:
-    """uint8 rounded `rgb_to_y` of every colour, indexed r | g << 8 | b << 16 (16 MB, built once in ~0.3 s by
-    `rgb_to_y` itself, so the table and the formula cannot drift apart)."""
-    v = torch.arange(256, dtype=torch.float64)
-    rg = torch.stack([v.repeat(256), v.repeat_interleave(256)])  # every (r, g), r fastest: index g << 8 | r
-    table = torch.empty(256, 65536, dtype=torch.uint8)  # [b, g << 8 | r]
-    for b in range(0, 256, 16):  # 16 blues at a time: small float64 temporaries
-        blue = v[b:b + 16, None].expand(1, 16, 65536)
-        table[b:b + 16] = rgb_to_y(torch.cat([rg[:, None].expand(2, 16, 65536), blue]))[0].round_()
-    return table.reshape(-1).numpy()
+# MATLAB luma of integer RGB, Y = 16 + S / 255000 with S = 65481 R + 128553 G + 24966 B, rounded half away from zero
+# as MATLAB rounds to uint8: 16 + (S + 127500) // 255000 in integers, exact at the 194 ties (S = 127500 mod 255000)
+# where float64 `rgb_to_y(...).round()` lands on either side. All four constants are multiples of 3: divided by 3,
+# each channel's product is below 2^24, exact in float32; only the full sum needs int32.
+_LUMA_R, _LUMA_G, _LUMA_B, _LUMA_DIV = 21827, 42851, 8322, 85000
+_LUMA_OFFSET = 16 * _LUMA_DIV + _LUMA_DIV // 2  # the 16 and the rounding half, folded into the sum
+
+
+def _luma(img: torch.Tensor, slot: str | None = None) -> torch.Tensor:
+    """Integer-valued RGB (..., 3, H, W) (uint8 or float32) -> rounded MATLAB luma (..., 1, H, W) as float32 integers
+    (16..235), in workspace `slot` when given. No table to build (the 2^24-entry one took 1.4 s)."""
+    r, g, b = np.moveaxis(img.numpy(), -3, 0)  # plane views, whatever the memory layout
+    rb = np.multiply(r, np.float32(_LUMA_R), out=_work("luma_rb", r.shape))
+    rb += np.multiply(b, np.float32(_LUMA_B), out=_work("luma_f", r.shape))
+    rb += _LUMA_OFFSET  # <= 9.1e6: still exact
+    gg = np.multiply(g, np.float32(_LUMA_G), out=_work("luma_f", r.shape))
+    s = _work("luma_s", r.shape, np.int32)
+    np.copyto(s, rb, casting="unsafe")
+    sg = _work("luma_g", r.shape, np.int32)
+    np.copyto(sg, gg, casting="unsafe")
+    s += sg  # up to 2e7 > 2^24: summed in int32
+    s //= _LUMA_DIV
+    y = _work(slot, (*r.shape[:-2], 1, *r.shape[-2:]))
+    np.copyto(y[..., 0, :, :], s, casting="unsafe")
+    return torch.from_numpy(y)
 
 
 def _single_threaded(fn):
-    """Per-image kernels run on one thread: on LIVE1-size images the work per call is a few ms, where extra threads
-    cost more than they give and collapse when the CPU is shared (measured: SSIM 892 ms with 2 threads under load vs
-    460 ms with 1)."""
+    """SSIM runs on one thread: on LIVE1-size images the work per call is a few ms, where extra threads cost more than
+    they give and collapse when the CPU is shared (measured: SSIM 892 ms with 2 threads under load vs 460 ms with 1).
+    (PSNR and PSNR-B are numpy, one thread anyway: they skip the switch.)"""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         n = torch.get_num_threads()
@@ -116,18 +199,20 @@ def _single_threaded(fn):
 
 
 def _per_image(kernel):
-    """Functional metric from a kernel on one image pair (uint8 (C, H, W) numpy or tensor views) -> (N,) float64."""
+    """Functional metric from a kernel on one image pair ((C, H, W) tensors of uint8 or float32 integers, valid for
+    the call: workspace arrays) -> (N,) float64."""
     @functools.wraps(kernel)
-    @_single_threaded
     def wrapper(preds: torch.Tensor, target: torch.Tensor, channels: str = "rgb") -> torch.Tensor:
-        p, t = _prepare(preds, target, channels)
-        return torch.tensor([kernel(a, b) for a, b in zip(p, t)], dtype=torch.float64)
+        pairs = zip(*_checked(preds, target, channels))
+        return torch.tensor([kernel(_on_channels(_pixels(p, "preds"), channels, "preds_y"),
+                                    _on_channels(_pixels(t, "target"), channels, "target_y")) for p, t in pairs],
+                            dtype=torch.float64)
     return wrapper
 
 
 def _squared_error_sum(p: np.ndarray, t: np.ndarray) -> int:
-    """Exact sum of squared differences of two uint8 arrays."""
-    return _sum_of_squares(np.subtract(p, t, dtype=np.float32))
+    """Exact sum of squared differences of two integer-valued arrays (uint8 or float32)."""
+    return _sum_of_squares(np.subtract(p, t, dtype=np.float32, out=_work.like("difference", p)))
 
 
 _EXACT_F32_ROW = 256  # 256 * 255^2 < 2^24: any partial sum of a row of squared uint8 differences is exact in float32
@@ -191,6 +276,7 @@ _SSIM_STRIP = 64  # output rows per strip: the strip's buffers stay in cache and
 
 
 @_per_image
+@_single_threaded
 def ssim(p: torch.Tensor, t: torch.Tensor) -> float:
     """Per-image SSIM, shape (N,): mean over the valid SSIM map, then over channels."""
     c, h, w = p.shape
@@ -205,7 +291,7 @@ def ssim(p: torch.Tensor, t: torch.Tensor) -> float:
 
 
 def _ssim_map(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """SSIM map (valid region) of uint8 (H, W, C) rows -> float32 (H - 10, W - 10, C)."""
+    """SSIM map (valid region) of integer-valued (H, W, C) rows -> float32 (H - 10, W - 10, C)."""
     h, w, c = p.shape
     c1, c2, s = (_SSIM_K1 * 255) ** 2, (_SSIM_K2 * 255) ** 2, _SSIM_SHIFT
     # only the sum of the variances enters SSIM, so four filtered moments suffice: E p, E t, E(p^2 + t^2), E pt
@@ -227,14 +313,15 @@ def _ssim_map(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _bef(y: np.ndarray, block: int = 8) -> float:
-    """Blocking effect factor of one (C, H, W) uint8 image, summed over channels (exact sums)."""
+    """Blocking effect factor of one integer-valued (C, H, W) image, summed over channels (exact sums)."""
     _, h, w = y.shape
     n_boundary = h * (w / block - 1) + w * (h / block - 1)
     n_inner = h * (w - 1) + w * (h - 1) - n_boundary
     if n_boundary <= 0 or n_inner <= 0:
         return 0.0
-    dh = np.subtract(y[..., :, :-1], y[..., :, 1:], dtype=np.float32)  # column j vs j+1
-    dv = np.subtract(y[..., :-1, :], y[..., 1:, :], dtype=np.float32)  # row i vs i+1
+    left, up = y[..., :, :-1], y[..., :-1, :]
+    dh = np.subtract(left, y[..., :, 1:], dtype=np.float32, out=_work.like("bef_h", left))  # column j vs j+1
+    dv = np.subtract(up, y[..., 1:, :], dtype=np.float32, out=_work.like("bef_v", up))  # row i vs i+1
     boundary = _sum_of_squares(dh[..., block - 1::block]) + _sum_of_squares(dv[..., block - 1::block, :])
     inner = _sum_of_squares(dh) + _sum_of_squares(dv) - boundary
     d_b, d_bc = boundary / n_boundary, inner / n_inner
@@ -252,7 +339,7 @@ def blocking_effect_factor(img: torch.Tensor, block: int = 8) -> torch.Tensor:
 def psnrb(p: torch.Tensor, t: torch.Tensor) -> float:
     """Per-image PSNR-B in dB, shape (N,), capped at PSNR_MAX like PSNR. Colour: MSE over RGB, BEF on the Y channel
     of `preds`."""
-    bef_input = _y_uint8(p[None])[0] if p.shape[0] == 3 else p
+    bef_input = _luma(p, "bef_y") if p.shape[0] == 3 else p
     mse = _squared_error_sum(p.numpy(), t.numpy()) / p.numel()
     return _db(mse + _bef(bef_input.numpy()))
 
