@@ -141,8 +141,27 @@ def test_gray_training_records_are_matlab_y(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     (gray,), name = load_train_records(str(tmp_path), color=False)
     assert gray.pixels.shape == (20, 24) and name.endswith("(MATLAB Y)")
-    y = np.round(16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255)
+    y = np.round(16 + (65.481 * rgb[..., 0] + 128.553 * rgb[..., 1] + 24.966 * rgb[..., 2]) / 255)  # no ties here
     np.testing.assert_array_equal(gray.pixels, y.astype(np.uint8))
     np.testing.assert_array_equal(to_y(rgb), gray.pixels)
     (colour,), _ = load_train_records(str(tmp_path), color=True)
     assert colour.pixels.shape == (20, 24, 3)
+
+
+def test_to_y_rounds_every_colour_half_away_from_zero_as_the_metrics():
+    """`to_y` (the `:y` datasets) and the metrics' "y" channels share one luma rounding: MATLAB's, half away from
+    zero, exact at the 194 ties where float64 `rgb_to_y(...).round()` went either way (all 2^24 colours)."""
+    import torch
+
+    from benchmark.metrics.fidelity import _y_uint8
+    from datamodules.sources import to_y
+
+    c = np.arange(1 << 24, dtype=np.int64)
+    rgb = np.stack([c >> 16, (c >> 8) & 255, c & 255], -1).astype(np.uint8).reshape(4096, 4096, 3)
+    s = 65481 * (c >> 16) + 128553 * ((c >> 8) & 255) + 24966 * (c & 255)  # 255000 (Y - 16), exact
+    expected = (16 + (s + 127500) // 255000).reshape(4096, 4096)
+    y = to_y(rgb)
+    assert y.dtype == np.uint8 and np.array_equal(y, expected)
+    assert int((s % 255000 == 127500).sum()) == 194
+    rows = torch.from_numpy(rgb[:64]).permute(2, 0, 1)[None]  # the metrics' path on a slice (the full sweep: test_metrics)
+    assert np.array_equal(_y_uint8(rows)[0, 0].numpy(), y[:64])

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from datamodules.sources import SCORABLE_MIN_SIDE, rgb_to_y  # rgb_to_y: also re-exported
+from datamodules.sources import SCORABLE_MIN_SIDE, luma_rounded, rgb_to_y  # rgb_to_y: also re-exported
 
 CHANNELS = ("rgb", "y")
 _SSIM_K1, _SSIM_K2, _SSIM_SIGMA, _SSIM_WIN = 0.01, 0.03, 1.5, 11
@@ -154,30 +154,12 @@ def _y_uint8(img: torch.Tensor) -> torch.Tensor:
     return _uint8(_luma(img))
 
 
-# MATLAB luma of integer RGB, Y = 16 + S / 255000 with S = 65481 R + 128553 G + 24966 B, rounded half away from zero
-# as MATLAB rounds to uint8: 16 + (S + 127500) // 255000 in integers, exact at the 194 ties (S = 127500 mod 255000)
-# where float64 `rgb_to_y(...).round()` lands on either side. All four constants are multiples of 3: divided by 3,
-# each channel's product is below 2^24, exact in float32; only the full sum needs int32.
-_LUMA_R, _LUMA_G, _LUMA_B, _LUMA_DIV = 21827, 42851, 8322, 85000
-_LUMA_OFFSET = 16 * _LUMA_DIV + _LUMA_DIV // 2  # the 16 and the rounding half, folded into the sum
-
-
 def _luma(img: torch.Tensor, slot: str | None = None) -> torch.Tensor:
     """Integer-valued RGB (..., 3, H, W) (uint8 or float32) -> rounded MATLAB luma (..., 1, H, W) as float32 integers
-    (16..235), in workspace `slot` when given. No table to build (the 2^24-entry one took 1.4 s)."""
+    (16..235), in workspace `slot` when given: `datamodules.sources.luma_rounded`, the same rounding as `:y` sets."""
     r, g, b = np.moveaxis(img.numpy(), -3, 0)  # plane views, whatever the memory layout
-    rb = np.multiply(r, np.float32(_LUMA_R), out=_work("luma_rb", r.shape))
-    rb += np.multiply(b, np.float32(_LUMA_B), out=_work("luma_f", r.shape))
-    rb += _LUMA_OFFSET  # <= 9.1e6: still exact
-    gg = np.multiply(g, np.float32(_LUMA_G), out=_work("luma_f", r.shape))
-    s = _work("luma_s", r.shape, np.int32)
-    np.copyto(s, rb, casting="unsafe")
-    sg = _work("luma_g", r.shape, np.int32)
-    np.copyto(sg, gg, casting="unsafe")
-    s += sg  # up to 2e7 > 2^24: summed in int32
-    s //= _LUMA_DIV
     y = _work(slot, (*r.shape[:-2], 1, *r.shape[-2:]))
-    np.copyto(y[..., 0, :, :], s, casting="unsafe")
+    luma_rounded(r, g, b, y[..., 0, :, :], lambda name, shape, dtype: _work(f"luma_{name}", shape, dtype))
     return torch.from_numpy(y)
 
 
