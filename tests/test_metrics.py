@@ -202,6 +202,33 @@ def test_to_uint8_equals_torch_clamp_scale_round(rng):
     assert torch.equal(to_uint8(h), (h.clamp(0, 1) * 255.0).round().to(torch.uint8))
 
 
+def test_chunked_squared_error_sum_is_exact_on_every_input_kind(rng):
+    """PSNR's chunk walk (`_squared_error_sum`) equals the int64 sum over images that end inside a chunk, span several
+    (with a tail shorter than a float32 row) or are not contiguous; on uint8, float32 integers and [0, 1] floats
+    (float32/float64, out-of-range values clipped), either side, NaN/inf in either image refused."""
+    from benchmark.metrics.fidelity import _SSE_CHUNK, _squared_error_sum
+
+    for shape in ((3, 5, 7), (3, 600, 500), (1, 2 * _SSE_CHUNK // 256 + 1, 257)):
+        p = rng.integers(0, 256, shape, dtype=np.uint8)
+        t = rng.integers(0, 256, shape, dtype=np.uint8)
+        expected = int(((p.astype(np.int64) - t) ** 2).sum())
+        for a in (p, p.astype(np.float32), np.moveaxis(np.ascontiguousarray(np.moveaxis(p, 0, -1)), -1, 0)):
+            assert _squared_error_sum(a, t) == expected and _squared_error_sum(t, a) == expected
+        noisy = (p / 255 + rng.uniform(-0.4, 0.4, shape) / 255).astype(np.float64)  # still rounds to p
+        noisy.flat[:2] = (-0.3, 1.7)  # clipped to 0 and 255
+        q = p.copy()
+        q.flat[:2] = (0, 255)
+        expected = int(((q.astype(np.int64) - t) ** 2).sum())
+        for a in (noisy, noisy.astype(np.float32)):
+            assert _squared_error_sum(a, t, (True, False)) == expected
+            assert _squared_error_sum(t, a, (False, True)) == expected
+            assert _squared_error_sum(a, a, (True, True)) == 0
+        bad = noisy.astype(np.float32)
+        bad.flat[-1] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            _squared_error_sum(t, bad, (False, True))
+
+
 def _blocky_pair():
     """(clean, 8x8-blocky) uint8 (1, 3, 48, 64) pair from integer arithmetic only (the same on every platform)."""
     rng = np.random.default_rng(0)

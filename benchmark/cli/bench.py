@@ -246,6 +246,8 @@ def bench_metrics(label: str, records, repeat: int) -> None:
           f"per-image values, time per image (pyiqa: the first {len(few)})")
     if not isinstance(pyiqa_metrics, dict):
         print(f"    pyiqa skipped: {pyiqa_metrics}")
+    # two threads splitting PSNR's chunk walk measured 5-10% slower on this 2-core machine shared with another job
+    print(f"    threads: ours 1 (PSNR, PSNR-B: numpy; SSIM: torch, switched to 1), the references as their libraries run")
     print(f"    {'metric':<7}{'reference':<14}{'ours':>12}{'reference':>12}{'ref/ours':>10}"
           f"{'|d mean|':>11}{'max |d|':>10}  goal >= {GOAL_METRIC:.0f}x")
     for name, fn in metrics.FUNCTIONAL.items():
