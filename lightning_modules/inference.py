@@ -65,6 +65,7 @@ class ForwardPlan:
 
 
 PLAIN = ForwardPlan()
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # parameters, buffers, submodules, hooks, `training`
 
 
 def forward_mode_now() -> str:
@@ -148,6 +149,10 @@ class PlannedForward:
         if self._copy is None or self._copied_at != version:
             self._copy = copy.deepcopy(self.net).to(memory_format=MEMORY_FORMATS[self.plan.memory_format])
             self._copied_at = version
+        # settings given to the module after the copy (FBCNN's qf_override, tiling's `_tile_state`) reach the copy
+        for k, v in vars(self.net).items():
+            if k not in _MODULE_INTERNALS:
+                self._copy.__dict__[k] = v
         return self._copy
 
     def __call__(self, x):
@@ -161,7 +166,9 @@ class PlannedForward:
     def _one(self, x: torch.Tensor):
         if self.plan.memory_format == "channels_last" and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        fn = self._graph(x) if self.jit_ok else None
+        # a network fed per-call state (tiling's `_tile_state`: the whole image's global context) runs eagerly: a
+        # graph would freeze the state of the call it was traced on
+        fn = self._graph(x) if self.jit_ok and getattr(self.net, "_tile_state", None) is None else None
         return _as_contiguous((fn or self.eager)(x))
 
     def _graph(self, x: torch.Tensor):

@@ -180,3 +180,31 @@ def test_the_committed_plans_file_names_known_networks_only():
                                                                   "efficientnet_lite2"}
     assert plans and set(plans) <= known
     assert planned(torch.nn.Identity(), "no-such-network") is not None
+
+
+def test_settings_given_after_the_copy_reach_the_channels_last_copy(monkeypatch):
+    """FBCNN's flexible QF and tiling's per-tile state are attributes of the module set between calls: the plan's
+    channels-last copy must see them (else --qf-override and exact tiling would silently be ignored)."""
+    module = create("fbcnn").eval()
+    monkeypatch.setattr(inference, "_PLANS", {"fbcnn.compact": ForwardPlan("channels_last")})
+    x = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    module.restore(x)  # the copy exists now
+    for qf in (10, 60):
+        module.qf_override = qf
+        with forward_mode("plain"):
+            plain = module.restore(x)
+        assert float((module.restore(x) - plain).abs().max()) <= 1e-5
+
+
+def test_tiled_restoration_under_a_plan_equals_the_whole_image(monkeypatch):
+    """FBCNN's tiles read the whole image's QF context from `_tile_state`: under a channels-last plan too."""
+    from lightning_modules.restorers import tiling
+
+    module = create("fbcnn").eval()
+    monkeypatch.setattr(inference, "_PLANS", {"fbcnn.compact": ForwardPlan("channels_last", False, 4)})
+    x = torch.rand(1, 3, 200, 232, generator=torch.Generator().manual_seed(2))
+    with forward_mode("plain"):
+        whole = module.restore(x)
+    module.restore(x)  # the plan's copy is made before tiling sets the context
+    tiled = tiling.restore_tiled(module, x, 160)
+    assert float((tiled - whole).abs().max()) <= 1e-4

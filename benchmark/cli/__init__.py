@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--row-images", type=int, default=100, help="with --forwards: photos of the ImageNet sample in "
                    "each whole-row timing (1000: the boards' rows; 0: no rows)")
     b.add_argument("--row-method", default="jarcal", help="with --forwards: the restorer of the whole-row timings")
+    b.add_argument("--row-tasks", default="classification,detection", help="with --forwards: the rows timed "
+                   "(classification: Lite0 on the 224 crops; detection: CenterNet on the whole photos)")
     b.set_defaults(module="bench")
 
     e = sub.add_parser("efficiency", help="params, FLOPs and CPU latency per preset -> leaderboards/efficiency.csv")
