@@ -57,18 +57,24 @@ def methods(names: list[str], preset: str | None = None, flag: str = "--method")
             raise UsageError(f"{flag} {m!r}: {e}") from None
 
 
+def _first_accepted(items, check, error) -> list[str]:
+    """[] when `check` accepts any item, else every item's refusal (an `error` exception's message)."""
+    problems = []
+    for item in items:
+        try:
+            check(item)
+            return []
+        except error as e:
+            problems.append(str(e))
+    return problems or ["nothing named"]
+
+
 def fidelity_datasets(text: str, data_root: str | None) -> None:
     """`run`'s comma list: an unusable item fails its own jobs at run time (the others are kept); a list where no
     item is usable is a usage error."""
-    names = _csv(text)
-    problems = []
-    for name in names:
-        try:
-            dataset_folder(name, data_root)
-            return
-        except DatasetError as e:
-            problems.append(str(e))
-    raise UsageError(f"--dataset {text!r}: " + ("; ".join(problems) if problems else "no dataset named"))
+    problems = _first_accepted(_csv(text), lambda name: dataset_folder(name, data_root), DatasetError)
+    if problems:
+        raise UsageError(f"--dataset {text!r}: " + "; ".join(problems))
 
 
 def task_dataset(tasks: list[str], dataset: str) -> None:
@@ -90,15 +96,10 @@ def task_dataset(tasks: list[str], dataset: str) -> None:
 
 def task_model(tasks: list[str], name: str) -> None:
     """Refused when no requested task can use it (one that fits some tasks fails the others' jobs at run time)."""
-    problems = []
-    for task in tasks:
-        try:
-            check_task_model(task, name)
-            return
-        except TaskModelError as e:
-            problems.append(str(e))
-    if problems:
-        raise UsageError(f"--task-model {name!r}: " + "; ".join(problems))
+    if tasks:
+        problems = _first_accepted(tasks, lambda task: check_task_model(task, name), TaskModelError)
+        if problems:
+            raise UsageError(f"--task-model {name!r}: " + "; ".join(problems))
 
 
 def wnids(path: str) -> None:
