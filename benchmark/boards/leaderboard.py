@@ -21,17 +21,24 @@ from filelock import FileLock
 FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passes", "subsampling", "seed", "source",
                 "weights_sha256"]
 FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
-    "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "source", "weights",
+    "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "delta", "delta_lo",
+    "delta_hi", "source", "weights",
     "weights_sha256", "codec_lib", "carbench_version", "git_commit", "created_at"]
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
             "source", "weights_sha256"]
-TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "n_images", "source", "model_weights", "weights", "weights_sha256",
+TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "delta", "delta_lo", "delta_hi", "n_images", "source", "model_weights", "weights", "weights_sha256",
                                 "codec_lib", "carbench_version", "git_commit", "created_at"]
 # n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
 # lpips: mean per-image LPIPS (AlexNet), measured only on request (`--metrics ...,lpips`; "": not measured)
 # fid, kid: set-level FID / KID of the restored vs the clean images (local Inception file), on request likewise
-# columns newer than some committed boards -> the column they follow: a file without them reads them as ""
-ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid"}
+# delta, delta_lo, delta_hi: the headline metric minus the reference row's (fidelity: psnr vs jpeg; tasks: the
+# row's value vs direct / clean) and its paired 95 % bootstrap interval over the per-image files
+# (benchmark.boards.per_image); "": a reference row, or no per-image file to pair with
+# columns newer than some committed boards -> the column they follow (the first of a tuple the file has): a file
+# without them reads them as ""
+ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid",
+                 "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo"}
+DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 SOURCES = ("measured", "paper")
 
@@ -58,10 +65,10 @@ class Schema:
 
 
 def _schemas() -> dict[str, Schema]:
-    task = Schema(tuple(TASK_KEY), tuple(TASK_COLUMNS), ("value", "n_images"), "value")
+    task = Schema(tuple(TASK_KEY), tuple(TASK_COLUMNS), ("value", "n_images", *DELTA_COLUMNS), "value")
     return {"fidelity": Schema(tuple(FIDELITY_KEY), tuple(FIDELITY_COLUMNS),
                                ("psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "n_images", "n_skipped",
-                                "n_gray"), "psnr"),
+                                "n_gray", *DELTA_COLUMNS), "psnr"),
             "classification": task, "detection": task, "segmentation": task,
             "efficiency": Schema(tuple(EFFICIENCY_KEY), tuple(EFFICIENCY_COLUMNS),
                                  ("params_m", "gflops", "gmacs", "latency_ms", "threads"), "params_m")}
@@ -184,7 +191,8 @@ def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
     for c, after in ADDED_COLUMNS.items():  # a fidelity or task board written before they existed
-        if c not in df.columns and after in df.columns:
+        after = next((a for a in ((after,) if isinstance(after, str) else after) if a in df.columns), None)
+        if c not in df.columns and after is not None:
             df.insert(df.columns.get_loc(after) + 1, c, "")
     if board is not None:
         validate(df, _schemas()[board], str(path))

@@ -89,9 +89,14 @@ def main(args) -> int:
         return EXIT_FAILED
     rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
     path = None
+    notes = []
     if rows:  # written before anything else can go wrong: measured rows are never lost
-        path = leaderboard.upsert(leaderboard.fidelity_target(args.leaderboard), rows)
+        target = leaderboard.fidelity_target(args.leaderboard)
+        notes = _per_image(target, "fidelity", rows, leaderboard.FIDELITY_KEY)
+        path = leaderboard.upsert(target, rows)
     print(format_table(rows))
+    for note in notes:
+        print(f"note: {note}")
     if path is not None:
         print(f"\n{len(rows)} rows -> {path}{_board_hint(args.leaderboard)}")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -112,6 +117,24 @@ def main(args) -> int:
           f"{100 * profile['forward_seconds'] / max(total, 1e-9):.0f} %"
           + (f"; {cached} reference job(s) read from the score cache" if cached else "") + ")")
     return EXIT_FAILED if failures or bad_rows else 0
+
+
+def _per_image(board_path, board: str, rows: list[dict], key) -> list[str]:
+    """Per-image files beside the board and the rows' paired delta columns (benchmark.boards.per_image); a failure
+    here never costs the rows themselves, which are written next."""
+    from benchmark.boards import leaderboard, per_image
+
+    try:
+        existing = leaderboard.read(board_path).to_dict("records")
+    except (leaderboard.LeaderboardError, OSError):
+        existing = []
+    try:
+        return per_image.record(board_path, board, rows, key, existing)
+    except Exception as e:  # noqa: BLE001
+        for r in rows:
+            for c in per_image.DELTA_COLUMNS:
+                r[c] = ""
+        return [f"per-image files / paired intervals failed: {type(e).__name__}: {e}"]
 
 
 def _run_tasks(args, methods, corruptions) -> int:
@@ -150,8 +173,11 @@ def _run_tasks(args, methods, corruptions) -> int:
         path = None
         if task_rows:  # written first: measured rows are never lost
             folder = args.leaderboard or str(leaderboard.user_results_dir())
+            notes = _per_image(f"{folder}/{task}.csv", task, task_rows, leaderboard.TASK_KEY)
             path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
         print(format_task_table(task, task_rows))
+        for note in notes if task_rows else ():
+            print(f"note: {note}")
         if path is not None:
             from benchmark.boards.plots import plot_task_board
 

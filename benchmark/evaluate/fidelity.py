@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from benchmark.boards import leaderboard, published
+from benchmark.boards import leaderboard, per_image, published
 from benchmark.evaluate.common import JobFailure, codec_lib, progress_bar, quiet_lightning, single_process
 from benchmark.evaluate.score_cache import ReferenceScores
 from benchmark.metrics import (
@@ -123,6 +123,7 @@ class FidelityEvaluator(L.LightningModule):
             self.results.append(values)
             self.per_image.append({k: m.per_image()[1] for k, m in [*scores.items(), ("bpp", bpp)]
                                    if hasattr(m, "per_image")})  # FID/KID: one value per set
+            self.per_image[-1]["_ids"] = scores["psnr"].per_image()[0]  # the images' indices (dataset order)
             scores.reset()
             bpp.reset()
 
@@ -172,6 +173,7 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                     profile["cached_reference_jobs"] += 1
                     for c, res in zip(req.corruptions, cached):
                         rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
+                        rows[-1][per_image.KEY] = _per_image(dm.records, res.get("per_image"))
                     continue
                 evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics,
                                               req.inception_weights, req.tile, req.memory_budget)
@@ -188,9 +190,25 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
             if is_ref and one_process:
                 reference_scores.store(dm.records, req.corruptions, evaluator.per_image)
             seconds = time.time() - t0
-            for c, res in zip(req.corruptions, evaluator.results):
+            for c, res, values in zip(req.corruptions, evaluator.results, evaluator.per_image):
                 rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
+                rows[-1][per_image.KEY] = _per_image(dm.records, values)
     return rows, failures
+
+
+def _per_image(records, values: dict | None) -> dict | None:
+    """A row's per-image values for its per-image file: image name, content digest, then each per-image metric;
+    `values` holds {metric: values} in image order (`_ids`: their indices into `records`; absent: all records in
+    order). None when the values do not cover the images (a DDP rank's share, an old cache entry)."""
+    if not values:
+        return None
+    ids = values.get("_ids")
+    ids = list(range(len(records))) if ids is None else [int(i) for i in ids]
+    cols = {k: [float(x) for x in v] for k, v in values.items() if k != "_ids"}
+    if "psnr" not in cols or any(len(v) != len(ids) for v in cols.values()) or len(set(ids)) != len(records) \
+            or not all(0 <= i < len(records) for i in ids):
+        return None
+    return {"image": [records[i].name for i in ids], "digest": [records[i].digest for i in ids], **cols}
 
 
 def set_qf_override(restorer, qf: int) -> None:
@@ -231,14 +249,17 @@ def format_table(rows: list[dict]) -> str:
     """Plain-text results table with the JPEG reference delta and the paper's value where one exists."""
     if not rows:
         return "(no results)"
-    ref = {(r["dataset"], r["qf"], r["codec"], r["passes"]): r for r in rows if r["method"] == REFERENCE_METHOD}
+    ref = {(r["dataset"], r["qf"], r["codec"], r["passes"], r["channels"], r["subsampling"], r["seed"]): r
+           for r in rows if r["method"] == REFERENCE_METHOD}
     extras = [k for k in EXTRA_COLUMNS if any(r.get(k, "") != "" for r in rows)]
     header = ["method", "preset", "dataset", "ch", "codec", "qf", "pass", "n", "PSNR", "SSIM", "PSNR-B", "dPSNR",
               *(EXTRA_COLUMNS[k][0] for k in extras), "bpp", "paper PSNR/SSIM/PSNR-B"]
     lines = []
     for r in rows:
-        base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"]))
+        base = ref.get((r["dataset"], r["qf"], r["codec"], r["passes"], r["channels"], r["subsampling"], r["seed"]))
         delta = f"{r['psnr'] - base['psnr']:+.2f}" if base is not None and base is not r else ""
+        if r.get("_paired") is not None:  # the paired 95 % interval over the per-image files
+            delta = r["_paired"].format()
         paper = [published.fidelity_value(r["method"], r["dataset"], r["channels"], r["codec"], r["qf"], m)
                  for m in ("psnr", "ssim", "psnrb")]
         paper_s = "/".join("-" if v is None else f"{v:g}" for v in paper) if any(v is not None for v in paper) else ""

@@ -46,6 +46,7 @@ class ReferenceScores:
             # the metrics' own reduction: float64 per-image values in image order, then the mean
             res = {k: float(torch.tensor([v[k] for v in per_image], dtype=torch.float64).mean()) for k in FIELDS}
             res["n_images"] = len(per_image)
+            res["per_image"] = {k: [float(v[k]) for v in per_image] for k in FIELDS}  # in record order
             results.append(res)
         return results
 

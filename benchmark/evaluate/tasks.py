@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.boards import leaderboard
+from benchmark.boards import leaderboard, per_image
 from benchmark.evaluate.common import (
     JobFailure,
     codec_lib,
@@ -224,6 +224,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                     print(f"{task}: {len(items.converted)} file(s) converted to RGB: "
                           + ", ".join(Path(p).name for p, _ in items.converted[:5])
                           + (" ..." if len(items.converted) > 5 else ""), file=sys.stderr)
+            images = _ImageIds(req, cache)
             photos = task == "detection" and kind in PHOTO_KINDS
             if photos:  # the ground truth of consistency mAP: the detector's own clean-image detections
                 items = pseudo_labelled(items, tm, cache, req.progress)
@@ -249,9 +250,12 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                     plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
                 stored = _direct_results(task, tm, req, items, cache) if method == DIRECT else None
                 cached = stored.results(job) if stored is not None else None
+                if cached is not None and task == "classification" and any("per_image" not in r for r in cached):
+                    cached = None  # stored before per-image values were kept: score again, once
                 if cached is not None:  # nothing in the loop changes these: the task model on (corrupted) images
                     for c, res in zip(job, cached):
-                        rows[task] += _rows(task, tm, scored, req, c, res, versions, time.time() - t0)
+                        rows[task] += _rows(task, tm, scored, req, c, res, versions, time.time() - t0,
+                                            images(task, items))
                     continue
                 # photos: the clean row scores the clean detections already made for the ground truth
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
@@ -276,7 +280,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                 stored.store(job, results)
             seconds = time.time() - t0
             for c, res in zip(job, results):
-                rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds)
+                rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds, images(task, items))
     return rows, failures
 
 
@@ -351,8 +355,43 @@ def _preset_for(method: str, preset: str | None, task_model: str) -> str | None:
         return None
 
 
-def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds):
-    """Rows of one (method, corruption) result; `scored` is the method's module (None: the plain task model)."""
+class _ImageIds:
+    """(names, content digests) of a task set's clean items in index order, computed once per task on first use;
+    classification only (the per-image files)."""
+
+    def __init__(self, req: TaskRequest, cache: CorruptionCache):
+        self.req, self.cache, self.value = req, cache, None
+
+    def __call__(self, task: str, items: Dataset | None):
+        if task != "classification":
+            return None
+        if self.value is None:
+            import hashlib
+
+            if items is None:  # shapes: the procedural scenes themselves
+                n = self.req.n_images or SHAPES_N[task]
+                items = ShapesTaskSet(task, n, "test", self.req.seed, None, self.cache)
+                names = [f"shapes-{self.req.seed}-{i}" for i in range(n)]
+            else:
+                base = getattr(items, "base", None)
+                known = list(getattr(base, "names", None) or [])
+                names = [str(known[i]) if i < len(known) else str(i) for i in range(len(items))]
+            digests = []
+            for i in range(len(items)):
+                item = items[i]
+                px = item[1] if len(item) == 4 else item[0]  # (corrupted, clean, target, meta) or (clean, target)
+                px = px.detach().cpu().numpy() if isinstance(px, torch.Tensor) else np.asarray(px)
+                h = hashlib.blake2b(digest_size=16)
+                h.update(str(px.shape).encode())
+                h.update(np.ascontiguousarray(px).tobytes())
+                digests.append(h.hexdigest())
+            self.value = (names, digests)
+        return self.value
+
+
+def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds, images=None):
+    """Rows of one (method, corruption) result; `scored` is the method's module (None: the plain task model);
+    `images`: (names, digests) by item index, for the per-image values of classification rows."""
     method_name = (CLEAN if c is None else DIRECT) if scored is None else scored.method_name
     preset = "" if scored is None else scored.preset_name
     if c is None:
@@ -378,6 +417,11 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
             n = res["n_label"] if metric == "label_proxy" else res["n_images"]
             out.append({**base, "metric": name, "value": scale * res[metric], "n_images": n})
+            values = res.get("per_image")
+            if images is not None and values and metric in values and len(values["ids"]) == len(images[0]):
+                ids = [int(i) for i in values["ids"]]
+                out[-1][per_image.KEY] = {"image": [images[0][i] for i in ids],
+                                          "digest": [images[1][i] for i in ids], metric: list(values[metric])}
     return out
 
 
@@ -394,12 +438,16 @@ def format_task_table(task: str, rows: list[dict]) -> str:
     for r in rows:
         key = (r["model"], r["method"], r["preset"], r["codec"], r["qf"], r["passes"], r["dataset"])
         lines.setdefault(key, {"n": r["n_images"]})[r["metric"]] = r["value"]
+        if r.get("_paired") is not None:
+            lines[key]["_paired_" + r["metric"]] = r["_paired"]
     direct = {(k[0], k[3], k[4], k[5], k[6]): v for k, v in lines.items() if k[1] in (DIRECT, CLEAN)}
     header = ["model", "method", "preset", "codec", "qf", "pass", "n", *metrics, f"d{metrics[0]}", f"paper {metrics[0]}"]
     table = []
     for k, v in lines.items():
         ref = direct.get((k[0], k[3], k[4], k[5], k[6]))
         delta = "" if ref is None or k[1] in (DIRECT, CLEAN) else f"{v[metrics[0]] - ref[metrics[0]]:+.2f}"
+        if v.get("_paired_" + metrics[0]) is not None:  # the paired 95 % interval over the per-image files
+            delta = v["_paired_" + metrics[0]].format()
         paper = None
         if k[1] == DIRECT or k[2] == "paper":
             paper = task_value(task, k[6].partition(":")[0], k[0], k[1], k[3], str(k[4]), metrics[0])
@@ -461,6 +509,11 @@ class TaskEvaluator(L.LightningModule):
             values = metric.compute()
             values = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor) or v.numel() == 1}
             values["n_images"] = seen.n_images()
+            if self.task == "classification":  # per-image 0/1 correctness, for the paired intervals
+                ids, correct = metric.per_image()
+                if len(ids) == values["n_images"]:  # one process saw every image
+                    values["per_image"] = {"ids": ids.tolist(),
+                                           **{f"top{k}": correct[:, i].tolist() for i, k in enumerate(metric.k)}}
             if self.proxy is not None:
                 values.update(self.proxy[len(self.results)].compute())
                 self.proxy[len(self.results)].reset()

@@ -1,0 +1,178 @@
+"""Per-image results kept beside a board, and the paired 95 % interval of each row's delta to its reference.
+
+Every measured row that carries per-image values (fidelity rows; classification rows) gets one file,
+`<board dir>/per_image/<board>/<digest>.csv.gz`, where `digest` is the first 16 hex digits of the sha256 of the
+row's key values (as the board stores them, joined by NUL, which no CSV cell holds). One line per image in image
+order: its name, its content digest, then its values (`repr` floats). gzip with mtime 0 and written atomically
+(temp file + rename): the same run gives byte-identical files.
+
+`delta`, `delta_lo`, `delta_hi`: the row's headline metric minus its reference row's (fidelity: `psnr` vs `jpeg`
+on the same data set, channels and corruption; classification: the row's metric vs `direct`, or `clean` for codec
+`none`), paired on the image digest, with the paired bootstrap interval of `benchmark.metrics.paired`. A row whose
+reference has no per-image file gets "" (no interval is invented).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmark.metrics.paired import PairedDelta, paired_delta
+
+KEY = "_per_image"  # a row's per-image values: {"image": [...], "digest": [...], metric: [...], ...}; never a column
+DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
+FIDELITY_FIELDS = ("psnr", "ssim", "psnrb", "lpips", "bpp")  # in this order, those scored
+FIDELITY_MATCH = ("dataset", "channels", "codec", "qf", "passes", "subsampling", "seed")
+TASK_MATCH = ("task", "model", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric")
+_SEP = "\x00"
+
+
+def _cell(v) -> str:
+    from benchmark.boards.leaderboard import _fmt
+
+    return _fmt(v)
+
+
+def row_digest(row: dict, key) -> str:
+    """First 16 hex digits of the sha256 of the row's key values, as the board stores them."""
+    return hashlib.sha256(_SEP.join(_cell(row.get(k, "")) for k in key).encode()).hexdigest()[:16]
+
+
+def path_for(board_path: str | os.PathLike, row: dict, key) -> Path:
+    board_path = Path(board_path)
+    return board_path.parent / "per_image" / board_path.stem / f"{row_digest(row, key)}.csv.gz"
+
+
+def columns_of(values: dict) -> list[str]:
+    """The value columns of a per-image dict, in a fixed order."""
+    fixed = [c for c in FIDELITY_FIELDS if c in values]
+    return fixed + sorted(c for c in values if c not in fixed and c not in ("image", "digest"))
+
+
+def encode(values: dict) -> bytes:
+    cols = columns_of(values)
+    n = len(values["image"])
+    if len(values["digest"]) != n or any(len(values[c]) != n for c in cols):
+        raise ValueError("per-image values: columns of different lengths")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image", "digest", *cols])
+    for i in range(n):
+        w.writerow([values["image"][i], values["digest"][i], *(repr(float(values[c][i])) for c in cols)])
+    return gzip.compress(buf.getvalue().encode(), compresslevel=9, mtime=0)
+
+
+def write(path: str | os.PathLike, values: dict) -> Path:
+    """Atomic: a temp file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(encode(values))
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str | os.PathLike) -> dict | None:
+    """{"image": [...], "digest": [...], metric: float64 array, ...}; None when there is no file."""
+    try:
+        text = gzip.decompress(Path(path).read_bytes()).decode()
+    except FileNotFoundError:
+        return None
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], rows[1:]
+    out: dict = {"image": [r[0] for r in body], "digest": [r[1] for r in body]}
+    for j, c in enumerate(header[2:], start=2):
+        out[c] = np.array([float(r[j]) for r in body], dtype=np.float64)
+    return out
+
+
+@dataclass(frozen=True)
+class Paired:
+    result: PairedDelta
+    note: str  # "" when both files hold the same images
+
+
+def paired(a: dict, b: dict, metric: str, scale: float = 1.0) -> Paired:
+    """`a`'s metric minus `b`'s, paired on the image digest (a digest seen k times pairs its k-th occurrences);
+    only images in both files count, and the note says when the sets differ."""
+    def keyed(v):
+        seen: Counter = Counter()
+        out = {}
+        for i, d in enumerate(v["digest"]):
+            out[(d, seen[d])] = i
+            seen[d] += 1
+        return out
+
+    ka, kb = keyed(a), keyed(b)
+    common = [k for k in ka if k in kb]  # a's image order
+    note = ""
+    if len(common) != len(ka) or len(common) != len(kb):
+        note = (f"paired on the {len(common)} image(s) in both ({len(ka)} in the row, {len(kb)} in its "
+                f"reference)")
+    ia, ib = [ka[k] for k in common], [kb[k] for k in common]
+    r = paired_delta(a[metric][ia], b[metric][ib])
+    if scale != 1.0:
+        r = PairedDelta(r.delta * scale, r.lo * scale, r.hi * scale, r.n_images, r.resamples, r.better, r.worse)
+    return Paired(r, note)
+
+
+def reference_of(board: str, row: dict, candidates: list[dict]) -> dict | None:
+    """The row's reference among `candidates` (the first match), None for a reference row or when none."""
+    if board == "fidelity":
+        ref, match = "jpeg", FIDELITY_MATCH
+    else:
+        ref, match = ("clean" if _cell(row.get("codec")) == "none" else "direct"), TASK_MATCH
+    if row.get("method") in (("jpeg",) if board == "fidelity" else ("direct", "clean")):
+        return None
+    for c in candidates:
+        if c.get("method") == ref and c.get("source") == "measured" and \
+                all(_cell(c.get(k, "")) == _cell(row.get(k, "")) for k in match):
+            return c
+    return None
+
+
+def headline(board: str, row: dict) -> tuple[str, float]:
+    """(per-image column, scale to the row's unit): fidelity psnr; tasks the row's metric, 0/1 -> percent."""
+    return ("psnr", 1.0) if board == "fidelity" else (str(row["metric"]), 100.0)
+
+
+def record(board_path: str | os.PathLike, board: str, rows: list[dict], key, existing: list[dict] = ()) -> list[str]:
+    """Write each row's per-image file and fill its delta columns (in place); `existing`: the board's rows before
+    this run (references measured earlier). Returns notes (intersections, failures) to print."""
+    notes: list[str] = []
+    for r in rows:
+        if r.get(KEY) and r.get("source", "measured") == "measured":
+            try:
+                write(path_for(board_path, r, key), r[KEY])
+            except (OSError, ValueError) as e:
+                notes.append(f"per-image file of {r.get('method')} {r.get('qf')} not written: {e}")
+    candidates = list(rows) + list(existing)
+    for r in rows:
+        for c in DELTA_COLUMNS:
+            r[c] = ""
+        ref = reference_of(board, r, candidates)
+        if ref is None or not r.get(KEY):
+            continue
+        metric, scale = headline(board, r)
+        ref_values = read(path_for(board_path, ref, key))
+        if ref_values is None or metric not in ref_values or metric not in r[KEY]:
+            continue
+        own = {k: (np.asarray(v, dtype=np.float64) if k not in ("image", "digest") else list(v))
+               for k, v in r[KEY].items()}
+        try:
+            p = paired(own, ref_values, metric, scale)
+        except ValueError as e:  # no common image, NaN/inf values
+            notes.append(f"{r.get('method')} {r.get('qf')}: no paired interval ({e})")
+            continue
+        r["delta"], r["delta_lo"], r["delta_hi"] = p.result.delta, p.result.lo, p.result.hi
+        r["_paired"] = p.result
+        if p.note:
+            notes.append(f"{r.get('method')} {r.get('dataset')} {r.get('qf')}: {p.note}")
+    return notes
