@@ -80,9 +80,10 @@ def test_migrated_board_records_the_weights_file_and_the_gate_passes(tmp_path):
     assert compact.sum() >= 2 and set(df.weights_sha256[compact]) == {digest}
     assert set(df.weights_sha256[(df.method == "jpeg") | (df.source == "paper")]) == {""}
     assert len(df) == len(before)
-    # nothing else changed (the committed board may already be migrated)
-    assert df.drop(columns=["weights_sha256", "n_gray"]).equals(before.drop(columns=["weights_sha256", "n_gray"],
-                                                                            errors="ignore"))
+    # nothing else changed (the committed board may already be migrated; columns newer than it are added empty)
+    added = ["weights_sha256", "n_gray", *leaderboard.DELTA_COLUMNS]
+    assert set(df.delta) == {""}
+    assert df.drop(columns=added).equals(before.drop(columns=added, errors="ignore"))
     assert main(["migrate-boards", "--leaderboard", str(boards)]) == 0  # idempotent
     assert pd.read_csv(boards / "fidelity.csv", dtype=str, keep_default_na=False).equals(df)
     rc, findings = run_check(["fidelity"], boards, methods="dncnn")
