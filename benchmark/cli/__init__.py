@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-from benchmark.cli.common import EXIT_USAGE, _positive_float, _positive_int, _qf_override, _qf_range, _qf_set
+from benchmark.cli.common import EXIT_USAGE, _qf_override, _qf_range, _qf_set
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--task: the clean/direct rows)")
     r.add_argument("--accelerator", default="auto")
     r.add_argument("--devices", default=1, type=lambda s: int(s) if s.isdigit() else s)
-    r.add_argument("--tile", type=_positive_int, default=None, metavar="N", help="restore images larger than N x N "
+    r.add_argument("--tile", type=int, default=None, metavar="N", help="restore images larger than N x N "
                    "in overlapping tiles of at most N px (overlap included; exact for local restorers)")
-    r.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GB", help="restore an image in "
+    r.add_argument("--memory-budget", type=float, default=None, metavar="GB", help="restore an image in "
                    "tiles when its estimated activation memory exceeds this (default $CARBENCH_MEMORY_BUDGET or 2)")
     r.add_argument("--dry-run", action="store_true", help="print the jobs the run would do (methods x datasets x "
                    "corruptions; --task: tasks x methods x corruptions) and exit: nothing is evaluated or written")

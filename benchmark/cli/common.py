@@ -113,26 +113,6 @@ def _qf_override(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad --qf-override {text!r}: {e}") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return v
-
-
 def _qf_set(text: str) -> tuple[int, ...]:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"bad QF set {text!r}: give at least one QF")

@@ -41,6 +41,14 @@ def positive(args: argparse.Namespace, *dests: str) -> None:
             raise UsageError(f"--{dest.replace('_', '-')} {value}: must be a positive integer (1 or more)")
 
 
+def positive_number(args: argparse.Namespace, *dests: str) -> None:
+    """Sizes (`--memory-budget GB`): given, they must be > 0."""
+    for dest in dests:
+        value = getattr(args, dest, None)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{dest.replace('_', '-')} {value}: must be a positive number")
+
+
 def corruptions(qf: str | None, passes: str | None = None, codec: str = "jpeg", seed: int = 0,
                 subsampling: str = "420") -> None:
     try:
@@ -134,6 +142,7 @@ def run_dataset(args: argparse.Namespace, tasks: list[str]) -> str:
 def check_run(args: argparse.Namespace) -> None:
     corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
     positive(args, "n_images", "batch_size", "tile")
+    positive_number(args, "memory_budget")
     names = [m for m in _csv(args.method) if not (args.task and m in NO_RESTORATION)]
     methods(names, args.preset)
     if args.wnids:
