@@ -147,7 +147,10 @@ class PlannedForward:
             return self.net
         version = _weights_version(self.net)
         if self._copy is None or self._copied_at != version:
-            self._copy = copy.deepcopy(self.net).to(memory_format=MEMORY_FORMATS[self.plan.memory_format])
+            # made as normal tensors even inside inference_mode (Lightning's test loop): a network that takes
+            # gradients in its forward (dual priors) cannot use inference-mode weights
+            with torch.inference_mode(False):
+                self._copy = copy.deepcopy(self.net).to(memory_format=MEMORY_FORMATS[self.plan.memory_format])
             self._copied_at = version
         # settings given to the module after the copy (FBCNN's qf_override, tiling's `_tile_state`) reach the copy
         for k, v in vars(self.net).items():

@@ -208,3 +208,16 @@ def test_tiled_restoration_under_a_plan_equals_the_whole_image(monkeypatch):
     module.restore(x)  # the plan's copy is made before tiling sets the context
     tiled = tiling.restore_tiled(module, x, 160)
     assert float((tiled - whole).abs().max()) <= 1e-4
+
+
+def test_a_plan_made_inside_inference_mode_keeps_gradients_working(monkeypatch):
+    """Lightning's test loop runs in inference_mode; dual priors takes gradients inside its forward, so the plan's
+    channels-last copy must not be made of inference tensors."""
+    module = create("dualpriors").eval()
+    monkeypatch.setattr(inference, "_PLANS", {"dualpriors.compact": ForwardPlan("channels_last", False, 4)})
+    x = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(3))
+    with forward_mode("plain"), torch.inference_mode():
+        plain = module.restore(x)
+    with torch.inference_mode():
+        out = module.restore(x)
+    assert float((out - plain).abs().max()) <= 1e-5
