@@ -510,8 +510,9 @@ class TaskEvaluator(L.LightningModule):
             values = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor) or v.numel() == 1}
             values["n_images"] = seen.n_images()
             if self.task == "classification":  # per-image 0/1 correctness, for the paired intervals
-                ids, correct = metric.per_image()
-                if len(ids) == values["n_images"]:  # one process saw every image
+                with metric.sync_context():  # under DDP: every process's images, the sampler's repeats once
+                    ids, correct = metric.per_image()
+                if len(ids) == values["n_images"]:
                     values["per_image"] = {"ids": ids.tolist(),
                                            **{f"top{k}": correct[:, i].tolist() for i, k in enumerate(metric.k)}}
             if self.proxy is not None:
