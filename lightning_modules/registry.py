@@ -347,6 +347,9 @@ def create(name: str, preset: str | None = None, weights: str | os.PathLike | No
     cls = entry.module_cls or RestorerModule
     module = cls(net)
     module.method_name, module.preset_name = entry.name, preset_name
+    # a forward plan was measured for the preset's own network: one built with other kwargs runs plainly
+    if not overrides and all(preset.kwargs.get(k) == v for k, v in built_as.items()):
+        module.forward_plan = f"{entry.name}.{preset_name}"
     module.weights_path = str(source) if source is not None else ""
     module.weights_file = str(path) if source is not None else ""  # the file read (rows hash it: weights_sha256)
     return module

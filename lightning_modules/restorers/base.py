@@ -59,15 +59,19 @@ class RestorerModule(L.LightningModule):
         return net(x)
 
     _inferring = False  # inside `restore`: the network runs under its measured forward plan
+    forward_plan: str | None = None  # the plan's name (`create` sets `method.preset` for a preset's own network)
 
     def _inference_net(self):
-        """The network under its forward plan (`lightning_modules.inference`), built once per mode and network."""
+        """The network under its forward plan (`lightning_modules.inference`), built once per mode and network;
+        the network itself where no plan is named."""
+        if self.forward_plan is None:
+            return self.net
         from lightning_modules.inference import forward_mode_now, planned
 
-        key = (forward_mode_now(), id(self.net))
+        key = (forward_mode_now(), id(self.net), self.forward_plan)
         cached = self.__dict__.get("_planned")  # a plain attribute, not a submodule: no state-dict keys
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_planned"] = (key, planned(self.net, f"{self.method_name}.{self.preset_name}"))
+            cached = self.__dict__["_planned"] = (key, planned(self.net, self.forward_plan))
         return cached[1]
 
     @torch.no_grad()
