@@ -201,6 +201,7 @@ def bench_metrics(label: str, records, repeat: int) -> None:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from benchmark import metrics
+    from benchmark.metrics import compiled
 
     # glibc's steady state in a long-running process (one that has loaded a model): once a block above its mmap
     # threshold (128 kB at start) is freed, temporaries up to that size come from the heap, not from fresh mappings
@@ -270,20 +271,38 @@ def bench_metrics(label: str, records, repeat: int) -> None:
     batches = {"uint8": [tuple(x.contiguous() for x in pair) for pair in tensors]}
     batches["float"] = [tuple(x.float() / 255 for x in pair) for pair in batches["uint8"]]
     print(f"    API path: the public functions on contiguous (1, 3, H, W) batches (float [0, 1] or uint8) vs the "
-          f"reference on the uint8 HxWx3 arrays")
-    print(f"    {'metric':<7}{'input':<7}{'reference':<14}{'ours':>12}{'reference':>12}{'ref/ours':>10}"
+          f"reference on the uint8 HxWx3 arrays; kernels: numpy (the default), then the opt-in fused ones "
+          f"(`benchmark.metrics.compile_kernels()` / {compiled.ENV}=compiled)")
+    print(f"    {'metric':<7}{'input':<7}{'kernels':<10}{'reference':<14}{'ours':>12}{'reference':>12}{'ref/ours':>10}"
           f"{'max |d|':>10}  goal >= {GOAL_METRIC:.0f}x")
-    for name, fn in metrics.FUNCTIONAL.items():
-        ref_name, ref_fn, ix = refs[name][0]
-        for kind in ("float", "uint8"):
-            def api(ix, fn=fn, batch=batches[kind]):
-                with torch.no_grad():
-                    return [float(fn(*batch[i])) for i in ix]
+    was_enabled = compiled.enabled()
+    compiled.disable()
+    saved = {}  # per-image values of the numpy path: the fused kernels must give the very same
+    for kernels in ("numpy", "compiled"):
+        if kernels == "compiled":
+            try:
+                t_compile = compiled.compile_kernels()
+            except RuntimeError as e:
+                print(f"    compiled kernels unavailable here: {e}")
+                break
+            print(f"    (fused kernels compiled in {t_compile:.1f} s, once per process)")
+        for name, fn in metrics.FUNCTIONAL.items():
+            ref_name, ref_fn, ix = refs[name][0]
+            for kind in ("float", "uint8"):
+                def api(ix, fn=fn, batch=batches[kind]):
+                    with torch.no_grad():
+                        return [float(fn(*batch[i])) for i in ix]
 
-            t_ours, v_ours, t_ref, v_ref = _interleaved(api, ref_fn, ix, repeat)
-            ratio = t_ref / t_ours
-            print(f"    {name:<7}{kind:<7}{ref_name:<14}{_ms(t_ours / len(ix)):>12}{_ms(t_ref / len(ix)):>12}"
-                  f"{ratio:>9.1f}x{float(np.max(np.abs(v_ours - v_ref))):>10.2e}  {_verdict(ratio, GOAL_METRIC)}")
+                t_ours, v_ours, t_ref, v_ref = _interleaved(api, ref_fn, ix, repeat)
+                ratio = t_ref / t_ours
+                same = "" if kernels == "numpy" else (
+                    "  (= numpy path)" if np.array_equal(v_ours, saved[name, kind]) else "  DIFFERS from numpy path")
+                saved[name, kind] = v_ours
+                print(f"    {name:<7}{kind:<7}{kernels:<10}{ref_name:<14}{_ms(t_ours / len(ix)):>12}"
+                      f"{_ms(t_ref / len(ix)):>12}{ratio:>9.1f}x{float(np.max(np.abs(v_ours - v_ref))):>10.2e}  "
+                      f"{_verdict(ratio, GOAL_METRIC)}{same}")
+    if not was_enabled:
+        compiled.disable()
     print(f"    psnrb set-up (first call in the process minus a warm one): {t_setup * 1e3:.1f} ms   "
           f"(goal <= {GOAL_SETUP * 1e3:.0f} ms: {'ok' if t_setup <= GOAL_SETUP else 'above goal'})")
 

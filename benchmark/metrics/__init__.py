@@ -1,6 +1,7 @@
 """Metrics: a functional form and a torchmetrics `Metric` per quantity, per-image means exact under DDP.
 
-- `fidelity`: PSNR, SSIM, PSNR-B with the field's conventions (and `PerImageMean`, `first_per_id`).
+- `fidelity`: PSNR, SSIM, PSNR-B with the field's conventions (and `PerImageMean`, `first_per_id`); `compiled`: the
+  opt-in fused PSNR / PSNR-B kernels (`compile_kernels()`, identical values, for processes scoring thousands of images).
 - `perceptual`: LPIPS from local weights (the `lpips` wheel's heads, torchvision's backbone file).
 - `distribution`: FID / KID of a whole set from a local Inception file (torch-fidelity's; the `fid` extra).
 - `classification`: top-k accuracy. `detection`: COCO box mAP (COCOeval). `segmentation`: mIoU / mAcc / aAcc.
@@ -34,6 +35,7 @@ from benchmark.metrics.fidelity import (
     ssim,
     to_uint8,
 )
+from benchmark.metrics.compiled import compile_kernels
 from benchmark.metrics.perceptual import LPIPS, PerceptualWeightsError, PerceptualWeightsMissing, lpips
 from benchmark.metrics.perceptual import METRICS as PERCEPTUAL_METRICS
 
@@ -46,7 +48,7 @@ __all__ = ["CHANNELS", "DEFAULT_METRICS", "DISTRIBUTION_METRICS", "FID", "FIDELI
            "LPIPS", "METRICS", "METRICS_VERSION", "MIN_SIDE", "PERCEPTUAL_METRICS", "PSNR", "PSNRB", "PSNR_MAX", "SSIM",
            "InceptionWeightsError", "InceptionWeightsMissing", "MissingExtra", "PerImageMean",
            "PerceptualWeightsError", "PerceptualWeightsMissing", "SetLevelDDPError", "blocking_effect_factor",
-           "fidelity_metrics", "first_per_id", "lpips", "psnr", "psnrb", "refuse_ddp", "rgb_to_y", "ssim",
+           "compile_kernels", "fidelity_metrics", "first_per_id", "lpips", "psnr", "psnrb", "refuse_ddp", "rgb_to_y", "ssim",
            "task_metric", "to_uint8"]
 
 
