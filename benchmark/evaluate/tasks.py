@@ -48,6 +48,7 @@ from benchmark.evaluate.task_specs import (  # noqa: F401 -- the request vocabul
 )
 from benchmark.metrics import PerImageMean, task_metric
 from benchmark.metrics.detection import LabelProxy
+from benchmark.metrics.segmentation import per_image_counts
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import ShapesTaskSet, collate
@@ -250,7 +251,7 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                     plugged = net = scored.attach(tm.net, tm.name)  # de-drifter inserted / classifier replaced
                 stored = _direct_results(task, tm, req, items, cache) if method == DIRECT else None
                 cached = stored.results(job) if stored is not None else None
-                if cached is not None and task == "classification" and any("per_image" not in r for r in cached):
+                if cached is not None and any("per_image" not in r for r in cached):
                     cached = None  # stored before per-image values were kept: score again, once
                 if cached is not None:  # nothing in the loop changes these: the task model on (corrupted) images
                     for c, res in zip(job, cached):
@@ -320,7 +321,12 @@ def photo_clean_results(items: Dataset) -> dict:
         out = {"boxes": target["boxes"], "labels": target["labels"], "scores": items.boxes[i]["scores"]}
         cmap.update([out], [target], ids)
         proxy.update([out], [target], ids)
-    return {**cmap.compute(), **proxy.compute(), "n_images": len(items)}
+    out = {**cmap.compute(), **proxy.compute(), "n_images": len(items)}
+    if cmap.matches is not None and cmap.matches.n_images == len(items):
+        out["per_image"] = {"ids": cmap.matches.image_ids.tolist(), "matches": cmap.matches.to_json()}
+    if proxy.hits is not None:
+        out["per_image_proxy"] = {"ids": proxy.hits[0].tolist(), "label_proxy": proxy.hits[1].tolist()}
+    return out
 
 
 def _weights_key(tm) -> str:
@@ -356,22 +362,21 @@ def _preset_for(method: str, preset: str | None, task_model: str) -> str | None:
 
 
 class _ImageIds:
-    """(names, content digests) of a task set's clean items in index order, computed once per task on first use;
-    classification only (the per-image files)."""
+    """(names, content digests) of a task set's clean items in index order, computed once per task on first use
+    (the per-image files)."""
 
     def __init__(self, req: TaskRequest, cache: CorruptionCache):
         self.req, self.cache, self.value = req, cache, None
 
     def __call__(self, task: str, items: Dataset | None):
-        if task != "classification":
-            return None
-        if self.value is None:
+        if self.value is None or self.value[0] != task:
             import hashlib
 
             if items is None:  # shapes: the procedural scenes themselves
                 n = self.req.n_images or SHAPES_N[task]
                 items = ShapesTaskSet(task, n, "test", self.req.seed, None, self.cache)
-                names = [f"shapes-{self.req.seed}-{i}" for i in range(n)]
+                names = [f"shapes-{task[:3]}-{self.req.seed}-{i}" if task != "classification"
+                         else f"shapes-{self.req.seed}-{i}" for i in range(n)]
             else:
                 base = getattr(items, "base", None)
                 known = list(getattr(base, "names", None) or [])
@@ -385,8 +390,8 @@ class _ImageIds:
                 h.update(str(px.shape).encode())
                 h.update(np.ascontiguousarray(px).tobytes())
                 digests.append(h.hexdigest())
-            self.value = (names, digests)
-        return self.value
+            self.value = (task, names, digests)
+        return self.value[1:]
 
 
 def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, versions, seconds, images=None):
@@ -417,12 +422,37 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
             n = res["n_label"] if metric == "label_proxy" else res["n_images"]
             out.append({**base, "metric": name, "value": scale * res[metric], "n_images": n})
-            values = res.get("per_image")
-            if images is not None and values and metric in values and len(values["ids"]) == len(images[0]):
-                ids = [int(i) for i in values["ids"]]
-                out[-1][per_image.KEY] = {"image": [images[0][i] for i in ids],
-                                          "digest": [images[1][i] for i in ids], metric: list(values[metric])}
+            kept = _per_image_values(task, metric, res, images)
+            if kept is not None:
+                out[-1][per_image.KEY] = kept
     return out
+
+
+def _per_image_values(task: str, metric: str, res: dict, images) -> dict | None:
+    """A row's per-image values (benchmark.boards.per_image.KEY): classification its 0/1 outcomes, segmentation
+    the per-image counts, detection the per-image COCOeval matches (`_matches`) or the label-proxy hits."""
+    values = res.get("per_image_proxy" if metric == "label_proxy" else "per_image")
+    if images is None or not values:
+        return None
+    ids = [int(i) for i in values["ids"]]
+    if task in ("classification", "detection") and metric != "label_proxy" and len(ids) != len(images[0]):
+        return None  # a share of the images (e.g. one process's)
+    if any(i < 0 or i >= len(images[0]) for i in ids):
+        return None
+    kept = {"image": [images[0][i] for i in ids], "digest": [images[1][i] for i in ids]}
+    if task == "detection" and metric != "label_proxy":
+        from benchmark.metrics.coco_resample import Matches
+
+        kept["_matches"] = Matches.from_json(values["matches"])
+    elif task == "segmentation":
+        if len(ids) != len(images[0]):
+            return None
+        kept.update({k: list(v) for k, v in values.items() if k != "ids"})
+    elif metric in values:
+        kept[metric] = list(values[metric])
+    else:
+        return None
+    return kept
 
 
 def format_task_table(task: str, rows: list[dict]) -> str:
@@ -515,9 +545,21 @@ class TaskEvaluator(L.LightningModule):
                 if len(ids) == values["n_images"]:
                     values["per_image"] = {"ids": ids.tolist(),
                                            **{f"top{k}": correct[:, i].tolist() for i, k in enumerate(metric.k)}}
+            if self.task == "segmentation":  # per-image counts: mIoU & co. of any resample of the images
+                with metric.sync_context():
+                    ids, conf = metric.per_image()
+                if len(ids) == values["n_images"]:
+                    values["per_image"] = {"ids": ids.tolist(), **per_image_counts(conf)}
+            if self.task == "detection" and metric.matches is not None:  # compute() ran on every process's rows
+                if metric.matches.n_images == values["n_images"]:
+                    values["per_image"] = {"ids": metric.matches.image_ids.tolist(),
+                                           "matches": metric.matches.to_json()}
             if self.proxy is not None:
-                values.update(self.proxy[len(self.results)].compute())
-                self.proxy[len(self.results)].reset()
+                proxy = self.proxy[len(self.results)]
+                values.update(proxy.compute())
+                if proxy.hits is not None:
+                    values["per_image_proxy"] = {"ids": proxy.hits[0].tolist(), "label_proxy": proxy.hits[1].tolist()}
+                proxy.reset()
             self.results.append(values)
             metric.reset()
             seen.reset()

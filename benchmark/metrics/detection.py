@@ -74,7 +74,7 @@ def map_backends() -> list[str]:
     return ["pycocotools"] + (["faster_coco_eval"] if importlib.util.find_spec("faster_coco_eval") else [])
 
 
-def _evaluate(gt: COCO, dets: list[dict], ids: list[int], backend: str):
+def _evaluate(gt: COCO, dets: list[dict], ids: list[int], backend: str, matches: list | None = None):
     if backend == "auto":
         backend = map_backends()[-1]
     if backend == "faster_coco_eval":
@@ -91,13 +91,23 @@ def _evaluate(gt: COCO, dets: list[dict], ids: list[int], backend: str):
         raise ValueError(f"mAP backend {backend!r}: use auto, pycocotools or faster_coco_eval")
     ev.params.imgIds = ids
     ev.evaluate()
+    if matches is not None:  # the per-image results behind the number (benchmark.metrics.coco_resample)
+        from benchmark.metrics.coco_resample import matches_from_eval
+
+        if backend != "pycocotools":
+            pe = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+            pe.params.imgIds = ids
+            pe.evaluate()
+            matches.append(matches_from_eval(pe))
+        else:
+            matches.append(matches_from_eval(ev))
     ev.accumulate()
     ev.summarize()
     return ev.stats
 
 
 def coco_map(predictions: Iterable[Mapping], coco_gt, image_ids: Iterable[int] | None = None,
-             backend: str = "pycocotools") -> dict[str, float]:
+             backend: str = "pycocotools", matches: list | None = None) -> dict[str, float]:
     """COCO box mAP of COCO-format detections with pycocotools' `COCOeval(iouType="bbox")`.
 
     `predictions`: dicts `image_id, category_id, bbox (x, y, w, h), score`, deduplicated by image (`dedup_by_image`).
@@ -107,6 +117,8 @@ def coco_map(predictions: Iterable[Mapping], coco_gt, image_ids: Iterable[int] |
     Returns `MAP_KEYS` -> float in 0..1; no detections -> zeros; NaN where there is no ground truth at all
     (COCOeval's -1, e.g. `map_large` when no object is large).
     `backend`: pycocotools (the reference), faster_coco_eval, or auto (the fastest installed).
+    `matches`: a list that gets the per-image matching results (`coco_resample.Matches`, images in increasing id
+    order) from which `coco_resample.MapResampler` recomputes these numbers on any resample of the images.
     """
     gt = _as_coco(coco_gt)
     known = set(gt.getImgIds())
@@ -126,11 +138,28 @@ def coco_map(predictions: Iterable[Mapping], coco_gt, image_ids: Iterable[int] |
     n_gt = len(gt.getAnnIds(imgIds=ids, iscrowd=False)) if ids else 0
     if not dets or not ids:
         # pycocotools cannot load an empty result list; with ground truth present every AP is 0
+        if matches is not None:
+            matches.append(_gt_only_matches(gt, ids))
         value = 0.0 if n_gt else math.nan
         return {k: value for k in MAP_KEYS}
     with _quiet():
-        stats = _evaluate(gt, dets, ids, backend)
+        stats = _evaluate(gt, dets, ids, backend, matches)
     return {k: (float(v) if v >= 0 else math.nan) for k, v in zip(MAP_KEYS, stats[:6])}
+
+
+def _gt_only_matches(gt: COCO, ids: list[int]):
+    """Per-image results without any detection: the non-ignored ground truths per (image, category), as COCOeval
+    counts them (not crowd, not `ignore`, area inside areaRng all)."""
+    from benchmark.metrics.coco_resample import _P, _build
+
+    lo, hi = _P.areaRng[_P.areaRngLbl.index("all")]
+    pos = {i: k for k, i in enumerate(ids)}
+    counts: dict = {}
+    for a in gt.loadAnns(gt.getAnnIds(imgIds=ids)):
+        if not (a.get("ignore", 0) or a.get("iscrowd", 0) or a["area"] < lo or a["area"] > hi):
+            key = (pos[a["image_id"]], a["category_id"])
+            counts[key] = counts.get(key, 0) + 1
+    return _build(len(ids), [], [(i, c, n) for (i, c), n in counts.items()], ids)
 
 
 def make_map_metric(backend: str = "pycocotools", **kwargs):
@@ -171,6 +200,7 @@ class DetectionMAP(Metric):
         self.add_state("dets", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")
         self._blocks = 0
+        self.matches = None  # per-image results of the last compute (coco_resample.Matches; positions = sorted ids)
 
     def update(self, outputs: list[dict], targets: list[dict], ids: torch.Tensor) -> None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
@@ -208,7 +238,10 @@ class DetectionMAP(Metric):
             coco.createIndex()
         preds = [{"image_id": int(r[0]), "category_id": int(r[6]), "bbox": [r[1], r[2], r[3] - r[1], r[4] - r[2]],
                   "score": r[5]} for r in dets.tolist()]
-        return coco_map(preds, coco, images.astype(int).tolist(), self.backend)
+        matches: list = []
+        out = coco_map(preds, coco, images.astype(int).tolist(), self.backend, matches)
+        self.matches = matches[0] if matches else None
+        return out
 
 
 def _rows(state, width: int) -> torch.Tensor:
@@ -232,6 +265,7 @@ class LabelProxy(Metric):
         super().__init__(**kwargs)
         self.score = score
         self.add_state("rows", default=[], dist_reduce_fx="cat")  # (image id, hit)
+        self.hits = None  # (image ids, 0/1 hits) of the last compute, each labelled photo once, by id
 
     def update(self, outputs: list[dict], targets: list[dict], ids: torch.Tensor) -> None:
         for out, tgt, i in zip(outputs, targets, ids.tolist()):
@@ -244,4 +278,5 @@ class LabelProxy(Metric):
         rows = _rows(self.rows, 2)
         _, first = np.unique(rows[:, 0].numpy(), return_index=True)
         hits = rows[first, 1]
+        self.hits = (rows[first, 0].numpy().astype(np.int64), hits.numpy().astype(np.float64))
         return {"label_proxy": float(hits.mean()) if len(hits) else math.nan, "n_label": len(hits)}

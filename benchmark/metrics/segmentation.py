@@ -60,9 +60,14 @@ def segmentation_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes
 def scores_from_confusion(conf: torch.Tensor) -> dict[str, torch.Tensor]:
     """mmseg IoUMetric from a (K, K) confusion matrix: mIoU, mAcc, aAcc (float64 scalars) and per-class IoU, Acc."""
     conf = conf.double()
-    intersect = conf.diagonal()
-    area_label = conf.sum(1)
-    area_pred = conf.sum(0)
+    return scores_from_counts(conf.diagonal(), conf.sum(1), conf.sum(0))
+
+
+def scores_from_counts(intersect: torch.Tensor, area_label: torch.Tensor, area_pred: torch.Tensor) -> dict:
+    """`scores_from_confusion` from per-class counts (float64 (K,)): correct, labelled and predicted pixels. The
+    counts add up over images, so a set of images -- a bootstrap resample with repeats too -- is the sum of its
+    images' counts (the per-image files of issue 26)."""
+    intersect, area_label, area_pred = intersect.double(), area_label.double(), area_pred.double()
     union = area_label + area_pred - intersect
     iou = intersect / union  # 0/0 -> NaN: class in neither
     acc = intersect / area_label  # 0/0 -> NaN: class not in ground truth
@@ -129,6 +134,54 @@ class SegmentationScores(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         return scores_from_confusion(self.confusion())
+
+    def per_image(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, confusion matrices (N, K, K) int64) of the images given with ids, each id once (its first
+        matrix), sorted by id; under DDP call it inside `sync_context()` to see every process's images."""
+        confs = _as_tensor(self.confusions)
+        k = self.num_classes
+        if confs is None or not confs.numel():
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, k, k, dtype=torch.long)
+        ids = _as_tensor(self.ids).round().long()
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        first = torch.full((len(uniq),), len(ids), dtype=torch.long, device=ids.device)
+        first.scatter_reduce_(0, inverse, torch.arange(len(ids), device=ids.device), reduce="amin")
+        return uniq.cpu(), confs.round().long().view(-1, k, k)[first].cpu()
+
+
+def per_image_counts(conf: torch.Tensor) -> dict[str, list[float]]:
+    """Per-image columns of (N, K, K) confusion matrices: `inter_XX`, `union_XX`, `label_XX` per class (correct,
+    predicted-or-labelled, labelled pixels), `correct` and `total` (aAcc's), as float lists."""
+    conf = conf.double()
+    inter, label, pred = conf.diagonal(dim1=1, dim2=2), conf.sum(2), conf.sum(1)
+    out = {}
+    for c in range(conf.shape[1]):
+        out[f"inter_{c:02d}"] = inter[:, c].tolist()
+        out[f"union_{c:02d}"] = (label[:, c] + pred[:, c] - inter[:, c]).tolist()
+        out[f"label_{c:02d}"] = label[:, c].tolist()
+    out["correct"], out["total"] = inter.sum(1).tolist(), label.sum(1).tolist()
+    return out
+
+
+def counts_statistic(values: dict, metric: str):
+    """`positions -> metric` (mIoU / mAcc / aAcc, a fraction) of the summed per-image counts of `values`
+    (`per_image_counts` columns as float64 arrays): the row's own value on the full set, bit for bit."""
+    import numpy as np
+
+    classes = sorted(int(c[6:]) for c in values if c.startswith("inter_"))
+    inter = np.stack([values[f"inter_{c:02d}"] for c in classes], 1)
+    union = np.stack([values[f"union_{c:02d}"] for c in classes], 1)
+    label = np.stack([values[f"label_{c:02d}"] for c in classes], 1)
+    if metric not in ("mIoU", "mAcc", "aAcc"):
+        raise ValueError(f"per-image counts give mIoU, mAcc, aAcc, not {metric!r}")
+
+    def statistic(positions) -> float:
+        counts = np.bincount(np.asarray(positions).reshape(-1), minlength=len(inter)).astype(np.float64)
+        i, u, lab = counts @ inter, counts @ union, counts @ label  # exact: integer counts far below 2^53
+        t = torch.from_numpy
+        return float(scores_from_counts(t(i), t(lab), t(u - lab + i))[metric])
+
+    return statistic
 
 
 def _as_tensor(state) -> torch.Tensor | None:
