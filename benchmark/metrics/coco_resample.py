@@ -148,9 +148,10 @@ class MapResampler:
         score = m.det_score[order]
         D = len(order)
         # runs of equal (category, score, image): the copies of an image drawn k times repeat the whole run k times
-        same = np.r_[False, (np.diff(self.cat) == 0) & (np.diff(score) == 0) & (np.diff(self.img) == 0)]
+        same = np.zeros(D, dtype=bool)
+        same[1:] = (np.diff(self.cat) == 0) & (np.diff(score) == 0) & (np.diff(self.img) == 0)
         self.run = np.cumsum(~same) - 1
-        self.run_size = np.bincount(self.run).astype(np.int64)
+        self.run_size = np.bincount(self.run, minlength=0).astype(np.int64)
         self.run_first = np.flatnonzero(~same)
         self.offset = np.arange(D) - self.run_first[self.run]
         self.ties = bool(same.any())
