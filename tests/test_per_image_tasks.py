@@ -16,6 +16,8 @@ from benchmark.metrics.paired import paired_delta, paired_delta_of
 from benchmark.metrics.segmentation import counts_statistic, per_image_counts, scores_from_confusion
 from datamodules.detection import _quiet
 
+from .test_photo_detection import _human_models, photo_folder  # noqa: F401 -- a fixture
+
 CATS = (1, 2, 5, 7, 9)  # 9: in the catalogue, never annotated; 7: only detected
 
 
@@ -259,3 +261,27 @@ def test_a_detection_reference_without_matches_gives_no_interval(tmp_path):
     dncnn = df[df.method == "dncnn"]
     assert len(dncnn) == 3 and (dncnn[list(per_image.DELTA_COLUMNS)] == "").all().all()
     assert len(list((tmp_path / "per_image" / "detection").iterdir())) == 3  # its own results are kept
+
+
+def test_photo_rows_keep_consistency_matches_and_label_proxy_hits(photo_folder, tmp_path):
+    """Unannotated photos with a real detector: consistency mAP rows keep matches, label-proxy rows their hits."""
+    _human_models()
+    folder = photo_folder
+    board = tmp_path / "lb" / "detection.csv"
+    with pytest.warns(UserWarning):
+        _run(["run", "--task", "detection", "--task-model", "nanodet_g", "--dataset", f"imagenet-flat:{folder}",
+              "--method", "dncnn", "--qf", "10", "--leaderboard", str(board.parent), "--quiet",
+              "--cache-dir", str(tmp_path / "cache")])
+    df = leaderboard.read(board, "detection")
+    rows = {(r["method"], r["metric"]): r for r in df.to_dict("records")}
+    for r in rows.values():
+        values = _values(board, r)
+        if r["metric"] == "label_proxy":
+            assert len(values["label_proxy"]) == int(r["n_images"]) == 3
+            assert leaderboard._fmt(100 * float(np.mean(values["label_proxy"]))) == r["value"]
+        else:
+            got = MapResampler(values["_matches"]).scores(np.arange(4))[r["metric"].removeprefix("consistency_")]
+            assert leaderboard._fmt(100 * got) == r["value"], r
+    for metric in ("consistency_map", "label_proxy"):
+        assert [rows[("direct", metric)][c] for c in per_image.DELTA_COLUMNS] == ["", "", ""]
+        assert all(rows[("dncnn", metric)][c] != "" for c in per_image.DELTA_COLUMNS), metric
