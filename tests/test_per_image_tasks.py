@@ -13,7 +13,11 @@ from benchmark.metrics import coco_resample
 from benchmark.metrics.coco_resample import MapResampler, matches_from_eval
 from benchmark.metrics.detection import coco_map
 from benchmark.metrics.paired import paired_delta, paired_delta_of
-from benchmark.metrics.segmentation import counts_statistic, per_image_counts, scores_from_confusion
+from benchmark.metrics.segmentation import (
+    counts_statistic,
+    per_image_counts,
+    scores_from_confusion,
+)
 from datamodules.detection import _quiet
 
 from .test_photo_detection import _human_models, photo_folder  # noqa: F401 -- a fixture
@@ -222,7 +226,8 @@ def test_detection_rows_keep_matches_that_give_their_value(task_boards):
         assert [rows[("direct", metric)][c] for c in per_image.DELTA_COLUMNS] == ["", "", ""]
         a, b = _values(board, rows[("dncnn", metric)]), _values(board, rows[("direct", metric)])
         ra, rb = MapResampler(a["_matches"]), MapResampler(b["_matches"])
-        expect = paired_delta_of(lambda i: (ra.scores(i)[metric], rb.scores(i)[metric]), 10)
+        expect = paired_delta_of(lambda i, ra=ra, rb=rb, metric=metric: (ra.scores(i)[metric], rb.scores(i)[metric]),
+                                 10)
         got = [float(rows[("dncnn", metric)][c]) for c in per_image.DELTA_COLUMNS]
         assert got == pytest.approx([100 * v for v in (expect.delta, expect.lo, expect.hi)], abs=1e-4)
         assert got[0] == pytest.approx(float(rows[("dncnn", metric)]["value"]) - float(rows[("direct", metric)]["value"]),
@@ -239,7 +244,7 @@ def test_segmentation_rows_keep_counts_that_give_their_value(task_boards):
     for metric in ("mIoU", "mAcc", "aAcc"):
         a, b = _values(board, rows[("dncnn", metric)]), _values(board, rows[("direct", metric)])
         sa, sb = counts_statistic(a, metric), counts_statistic(b, metric)
-        expect = paired_delta_of(lambda i: (sa(i), sb(i)), 10)
+        expect = paired_delta_of(lambda i, sa=sa, sb=sb: (sa(i), sb(i)), 10)
         got = [float(rows[("dncnn", metric)][c]) for c in per_image.DELTA_COLUMNS]
         assert got == pytest.approx([100 * v for v in (expect.delta, expect.lo, expect.hi)], abs=1e-4)
 
@@ -263,7 +268,7 @@ def test_a_detection_reference_without_matches_gives_no_interval(tmp_path):
     assert len(list((tmp_path / "per_image" / "detection").iterdir())) == 3  # its own results are kept
 
 
-def test_photo_rows_keep_consistency_matches_and_label_proxy_hits(photo_folder, tmp_path):
+def test_photo_rows_keep_consistency_matches_and_label_proxy_hits(photo_folder, tmp_path):  # noqa: F811
     """Unannotated photos with a real detector: consistency mAP rows keep matches, label-proxy rows their hits."""
     _human_models()
     folder = photo_folder

@@ -550,10 +550,11 @@ class TaskEvaluator(L.LightningModule):
                     ids, conf = metric.per_image()
                 if len(ids) == values["n_images"]:
                     values["per_image"] = {"ids": ids.tolist(), **per_image_counts(conf)}
-            if self.task == "detection" and metric.matches is not None:  # compute() ran on every process's rows
-                if metric.matches.n_images == values["n_images"]:
-                    values["per_image"] = {"ids": metric.matches.image_ids.tolist(),
-                                           "matches": metric.matches.to_json()}
+            # detection: compute() ran on every process's rows
+            if self.task == "detection" and metric.matches is not None and \
+                    metric.matches.n_images == values["n_images"]:
+                values["per_image"] = {"ids": metric.matches.image_ids.tolist(),
+                                       "matches": metric.matches.to_json()}
             if self.proxy is not None:
                 proxy = self.proxy[len(self.results)]
                 values.update(proxy.compute())

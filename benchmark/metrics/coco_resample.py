@@ -56,7 +56,7 @@ class Matches:
         return {k: getattr(self, k) for k in _FIELDS}
 
     @classmethod
-    def from_arrays(cls, n_images: int, arrays: dict) -> "Matches":
+    def from_arrays(cls, n_images: int, arrays: dict) -> Matches:
         dtypes = {"det_image": np.int32, "det_cat": np.int32, "det_score": np.float64, "det_tp": np.uint16,
                   "det_fp": np.uint16, "gt_image": np.int32, "gt_cat": np.int32, "gt_count": np.int32,
                   "categories": np.int64, "image_ids": np.int64}
@@ -67,10 +67,10 @@ class Matches:
         return {"n_images": self.n_images, **{k: v.tolist() for k, v in self.arrays().items()}}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Matches":
+    def from_json(cls, d: dict) -> Matches:
         return cls.from_arrays(d["n_images"], d)
 
-    def subset(self, positions) -> "Matches":
+    def subset(self, positions) -> Matches:
         """The images at `positions` (distinct, increasing), renumbered 0..m-1."""
         positions = np.asarray(positions, dtype=np.int64)
         new = np.full(self.n_images, -1, dtype=np.int64)
@@ -267,7 +267,7 @@ def encode(m: Matches, image: list[str], digest: list[str]) -> bytes:
                        "fields": list(_FIELDS)}, separators=(",", ":")).encode()
     buf.write(f"{len(head)}\n".encode())
     buf.write(head)
-    for k, v in m.arrays().items():
+    for v in m.arrays().values():
         np.lib.format.write_array(buf, np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")), allow_pickle=False)
     return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
