@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmark.boards import provenance
     from benchmark.cli.usage import UsageError, check
 
+    provenance.set_command(list(sys.argv[1:] if argv is None else argv))  # each row records the command
     try:  # before the command's module (torch, Lightning, ...) is imported: a typo is answered at once
         check(args)
     except UsageError as e:

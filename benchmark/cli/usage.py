@@ -139,7 +139,21 @@ def run_dataset(args: argparse.Namespace, tasks: list[str]) -> str:
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------------
+def board_folder(leaderboard: str | None, task: bool) -> None:
+    """The committed boards (leaderboards/) take rows from an unmodified tree only (benchmark.boards.provenance)."""
+    if not leaderboard:
+        return
+    from benchmark.boards import provenance
+
+    folder = leaderboard if task or leaderboard.endswith(("/", os.sep)) or os.path.isdir(leaderboard) else \
+        os.path.dirname(leaderboard) or "."
+    why = provenance.refusal(folder)
+    if why:
+        raise UsageError(why)
+
+
 def check_run(args: argparse.Namespace) -> None:
+    board_folder(args.leaderboard, bool(args.task))
     corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
     positive(args, "n_images", "batch_size", "tile")
     positive_number(args, "memory_budget")
@@ -160,6 +174,7 @@ def check_run(args: argparse.Namespace) -> None:
 
 
 def check_compare(args: argparse.Namespace) -> None:
+    board_folder(getattr(args, "leaderboard", None), False)
     corruptions(args.qf)
     methods(_csv(args.method))
     if args.baselines != "all":
