@@ -253,3 +253,215 @@ def test_qf_sets_add_the_training_range():
     assert bdrate.qf_sets(sweep) == [sweep, [5, 10, 20, 30, 40, 50]]
     assert bdrate.qf_sets([10, 20, 30, 40]) == [[10, 20, 30, 40]]  # already inside: no duplicate row
     assert bdrate.qf_sets([10, 20, 30, 60, 70]) == [[10, 20, 30, 60, 70]]  # 3 QFs <= 50: too few for a row
+
+
+# ---- bootstrap intervals over the images ---------------------------------------------------------------------------
+def _per_image_curves(n, qfs=5, gain=0.3, seed=0):
+    """Per-image (rate, PSNR) of a reference and a test curve on the same n photos: each photo has its own difficulty
+    (shared by both curves and all QFs) and rate; the test curve is `gain` dB better on average at the same rate."""
+    rng = np.random.default_rng(seed)
+    base_rate = np.exp(np.linspace(np.log(0.25), np.log(2.7), qfs))
+    rate = base_rate[:, None] * rng.lognormal(0, 0.2, n)[None, :]
+    psnr = 25 + 5 * np.log(rate / 0.25) + rng.normal(0, 2, n)[None, :]
+    return rate, psnr, psnr + gain + rng.normal(0, 0.4, (qfs, n))
+
+
+def test_bd_many_agrees_with_bd_rate_and_bd_metric_and_refuses_the_same_curves():
+    rng = np.random.default_rng(1)
+    k, q = 400, 5
+    r1 = np.sort(np.exp(rng.normal(0, 0.8, (k, q))), 1)
+    m1 = np.sort(rng.normal(30, 3, (k, q)), 1)
+    r2 = (r1 * np.exp(rng.normal(0, 0.05, (k, q))))[:, ::-1]  # unsorted points
+    m2 = (m1 + rng.normal(0.3, 0.3, (k, q)))[:, ::-1]  # some not monotonic
+    m2[:5] += 50  # no overlapping metric interval
+    rate, metric = bdrate.bd_many(r1, m1, r2, m2)
+    for i in range(k):
+        for f, got in ((bd_rate, rate[i]), (bd_metric, metric[i])):
+            try:
+                assert got == pytest.approx(f(r1[i], m1[i], r2[i], m2[i]), abs=1e-9)
+            except BDError:
+                assert math.isnan(got)
+    assert 0 < np.isnan(rate).sum() < k and np.isnan(rate[:5]).all()
+
+
+def test_interval_covers_the_point_estimate_and_shrinks_with_more_images():
+    widths = []
+    for n in (40, 640):
+        rate, ref, test = _per_image_curves(n)
+        iv = bdrate.bd_interval(rate, ref, rate, test)
+        point_rate = bd_rate(rate.mean(1), ref.mean(1), rate.mean(1), test.mean(1))
+        point_metric = bd_metric(rate.mean(1), ref.mean(1), rate.mean(1), test.mean(1))
+        assert iv.rate_lo < point_rate < iv.rate_hi < 0  # a real saving: the interval lies below 0
+        assert 0 < iv.metric_lo < point_metric < iv.metric_hi
+        assert iv.n_images == n and iv.resamples == 2000 and iv.dropped == 0
+        widths.append((iv.rate_hi - iv.rate_lo, iv.metric_hi - iv.metric_lo))
+    # 16x the images: about a quarter of the width
+    assert widths[1][0] < 0.5 * widths[0][0] and widths[1][1] < 0.5 * widths[0][1]
+
+
+def test_identical_curves_give_exactly_zero_and_the_same_seed_the_same_interval():
+    rate, ref, _ = _per_image_curves(60)
+    iv = bdrate.bd_interval(rate, ref, rate, ref)
+    assert (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi, iv.dropped) == (0.0, 0.0, 0.0, 0.0, 0)
+    rate, ref, test = _per_image_curves(60)
+    a, b = bdrate.bd_interval(rate, ref, rate, test), bdrate.bd_interval(rate, ref, rate, test)
+    assert a == b
+    c = bdrate.bd_interval(rate, ref, rate, test, seed=1)
+    assert (c.rate_lo, c.rate_hi) != (a.rate_lo, a.rate_hi)
+
+
+def test_resamples_without_a_bd_value_are_counted_and_can_make_the_interval_undefined():
+    # no resample dropped: numpy's percentiles
+    v = np.random.default_rng(0).normal(size=2000)
+    assert bdrate._worst_case_percentiles(v, 0, 0.95) == pytest.approx(tuple(np.percentile(v, [2.5, 97.5])))
+    lo, hi = bdrate._worst_case_percentiles(v[:1990], 10, 0.95)  # 10 worst cases either side: wider
+    assert lo <= np.percentile(v[:1990], 2.5) and hi >= np.percentile(v[:1990], 97.5)
+    assert bdrate._worst_case_percentiles(v[:1900], 100, 0.95) == (None, None)  # 5 % dropped > the 2.5 % tails
+    # a test curve flat between two QFs: about half of the resampled curves are not monotonic
+    rate, ref, test = _per_image_curves(30)
+    test[2] = test[1] + np.random.default_rng(3).normal(0, 0.5, 30)
+    test[2] += test[1].mean() - test[2].mean()  # the same mean PSNR at two QFs: refused as it stands
+    iv = bdrate.bd_interval(rate, ref, rate, test, resamples=500)
+    assert iv.dropped > 100 and iv.rate_lo is None and iv.metric_hi is None
+
+
+def test_the_bootstrap_of_a_large_case_takes_seconds():
+    """2000 resamples of 10 QFs x 2 curves x 1000 images (per-image rates too): index blocks -> count matrices ->
+    resampled means in one product per block, the BD values of a block's curves at once (`bd_many`): about 0.2 s
+    on one core (2 s with scipy's PCHIP per resample)."""
+    import time
+
+    rate, ref, test = _per_image_curves(1000, qfs=10)
+    t0 = time.perf_counter()
+    iv = bdrate.bd_interval(rate, ref, rate * 1.01, test)
+    assert time.perf_counter() - t0 < 10 and iv.rate_lo is not None
+
+
+def _fidelity_board_with_files(folder, n=40):
+    """A fidelity board (jpeg and dncnn.compact at 5 QFs) whose rows are the means of per-image files beside it."""
+    from benchmark.boards import leaderboard, per_image
+
+    qfs = [10, 20, 30, 40, 50]
+    rate, ref, test = _per_image_curves(n)
+    ssim = np.clip(0.6 + 0.05 * np.log(rate / 0.25) + np.random.default_rng(5).normal(0, 0.02, n), 0, 1)
+    images = [f"img{i}" for i in range(n)]
+    digests = [f"{i:032x}" for i in range(n)]
+    rows = []
+    ssim_test = ssim + 0.01 + np.random.default_rng(6).normal(0, 0.005, ssim.shape)
+    for method, preset, psnr, s in (("jpeg", "", ref, ssim), ("dncnn", "compact", test, ssim_test)):
+        for i, q in enumerate(qfs):
+            row = _fid_row(method, q, float(psnr[i].mean()), float(s[i].mean()), float(rate[i].mean()), preset)
+            row["n_images"] = n
+            values = {"image": images, "digest": digests, "psnr": psnr[i], "ssim": s[i], "psnrb": psnr[i],
+                      "bpp": rate[i]}
+            per_image.write(per_image.path_for(folder / "fidelity.csv", row, leaderboard.FIDELITY_KEY), values)
+            rows.append(row)
+    leaderboard.upsert(folder / "fidelity.csv", rows)
+    return folder, rows
+
+
+def test_command_writes_intervals_from_the_per_image_files(tmp_path, capsys):
+    from benchmark.boards import leaderboard, per_image
+
+    boards, rows = _fidelity_board_with_files(tmp_path / "boards")
+    out = tmp_path / "out" / "bdrate.csv"
+    assert bdrate_command.main(_args(boards=str(boards), leaderboard=str(out), imagenet=str(tmp_path / "none"))) == 0
+    df = bdrate.read(out).set_index("metric")
+    for metric in ("psnr", "ssim"):
+        r = df.loc[metric]
+        assert float(r.bd_rate_lo) < float(r.bd_rate_pct) < float(r.bd_rate_hi) < 0
+        assert float(r.bd_metric_lo) < float(r.bd_metric) < float(r.bd_metric_hi)
+        assert (r.n_paired, r.resamples, r.dropped) == ("40", "2000", "0")
+        assert "paired bootstrap over 40 images" in r.interval_note and "per-image bpp" in r.interval_note
+    text = capsys.readouterr().out
+    assert f"{float(df.loc['psnr', 'bd_rate_pct']):+.2f} [{float(df.loc['psnr', 'bd_rate_lo']):+.2f}, " in text
+    assert "intervals: 2 of 2 rows" in text and "0 tie(s)" in text
+
+    # one point without its file: no interval (the point estimate stays), and the note and the output say why
+    per_image.path_for(boards / "fidelity.csv", rows[-1], leaderboard.FIDELITY_KEY).unlink()
+    assert bdrate_command.main(_args(boards=str(boards), leaderboard=str(out), imagenet=str(tmp_path / "none"))) == 0
+    df2 = bdrate.read(out).set_index("metric")
+    for c in bdrate.INTERVAL_COLUMNS[:-1]:
+        assert (df2[c] == "").all()
+    assert df2.loc["psnr", "bd_rate_pct"] == df.loc["psnr", "bd_rate_pct"]
+    assert df2.loc["psnr", "interval_note"] == \
+        "no interval: per-image files missing (1 of 10 points: dncnn.compact QF 50)"
+    text = capsys.readouterr().out
+    assert "intervals: 0 of 2 rows" in text and "2 row(s): no interval: per-image files missing" in text
+
+    # a file that does not give its row's value (a stale or foreign file): no interval either
+    per_image.write(per_image.path_for(boards / "fidelity.csv", rows[-1], leaderboard.FIDELITY_KEY),
+                    {"image": ["a"], "digest": ["d"], "psnr": [1.0], "ssim": [0.5], "bpp": [2.0]})
+    rows_out, _ = bdrate.build(boards)
+    assert all(r["bd_rate_lo"] == "" and f"does not give the row's {r['metric']}" in r["interval_note"]
+               for r in rows_out)
+
+
+def test_identical_methods_on_the_board_are_a_tie_at_zero(tmp_path):
+    from benchmark.boards import leaderboard, per_image
+
+    boards, rows = _fidelity_board_with_files(tmp_path)
+    twins = []
+    for r in rows[:5]:  # jpeg's rows and files under another method's name
+        twin = {**r, "method": "identity", "preset": "compact"}
+        per_image.write(per_image.path_for(boards / "fidelity.csv", twin, leaderboard.FIDELITY_KEY),
+                        per_image.read(per_image.path_for(boards / "fidelity.csv", r, leaderboard.FIDELITY_KEY)))
+        twins.append(twin)
+    leaderboard.upsert(boards / "fidelity.csv", twins)
+    out = [r for r in bdrate.build(boards)[0] if r["method"] == "identity"]
+    assert len(out) == 2
+    for r in out:
+        assert [float(r[c]) for c in ("bd_rate_pct", "bd_rate_lo", "bd_rate_hi", "bd_metric", "bd_metric_lo",
+                                      "bd_metric_hi")] == [0.0] * 6
+        assert bdrate.verdict(r) == "tie"
+    assert "tie" in bdrate.format_table(out).splitlines()[1]
+
+
+def test_classification_intervals_hold_the_rate_fixed(tmp_path, monkeypatch):
+    """Rate-accuracy rows: per-image correctness (0/1) resampled, the computed mean bpp held fixed (noted); top5 has
+    no per-image files here, so its row has no interval."""
+    from benchmark.boards import leaderboard, per_image
+
+    n, qfs = 400, [7, 10, 15, 18, 25]
+    p_direct = [0.40, 0.55, 0.65, 0.72, 0.80]
+    fake = {7: 0.31, 10: 0.40, 15: 0.52, 18: 0.58, 25: 0.72}
+    monkeypatch.setattr(bdrate, "_imagenet_spec", lambda *a: (tmp_path, None, 256, 224, "bicubic"))
+    monkeypatch.setattr(bdrate, "classification_rates", lambda folder, codec, need, *a: {q: fake[q] for q in need})
+    u = np.random.default_rng(0).random(n)  # each photo's difficulty: right at every QF above its threshold
+    rows = []
+    for method, preset, shift in (("direct", "", 0.0), ("afd", "lite0", 0.03)):
+        for q, p in zip(qfs, p_direct):
+            correct = (u < p + shift).astype(float)
+            for metric in ("top1", "top5"):
+                row = {"task": "classification", "model": "efficientnet_lite0", "method": method, "preset": preset,
+                       "dataset": "imagenet-sample1000", "codec": "jpeg", "qf": q, "passes": 1, "subsampling": "420",
+                       "seed": 0, "metric": metric, "value": 100 * correct.mean() + (20 if metric == "top5" else 0),
+                       "n_images": n, "source": "measured", "model_weights": "x (resize 256 bicubic, crop 224)"}
+                if metric == "top1":
+                    per_image.write(per_image.path_for(tmp_path / "classification.csv", row, leaderboard.TASK_KEY),
+                                    {"image": [f"i{i}" for i in range(n)], "digest": [f"{i:x}" for i in range(n)],
+                                     "top1": correct})
+                rows.append(row)
+    leaderboard.upsert(tmp_path / "classification.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    out, notes = bdrate.build(tmp_path, tmp_path)
+    assert notes == []
+    top1, top5 = (next(r for r in out if r["metric"] == m) for m in ("top1", "top5"))
+    assert float(top1["bd_metric_lo"]) < float(top1["bd_metric"]) < float(top1["bd_metric_hi"])
+    assert float(top1["bd_rate_lo"]) < float(top1["bd_rate_pct"]) < float(top1["bd_rate_hi"])
+    assert "rate held at the rows' mean bpp" in top1["interval_note"] and top1["n_paired"] == n
+    assert top5["bd_rate_lo"] == "" and "per-image files missing (10 of 10 points" in top5["interval_note"]
+
+
+def test_a_board_written_before_the_intervals_still_reads(tmp_path):
+    boards = _boards(tmp_path / "boards")
+    rows, _ = bdrate.build(boards)
+    old_columns = [c for c in bdrate.BDRATE_COLUMNS if c not in bdrate.INTERVAL_COLUMNS]
+    old = tmp_path / "bdrate.csv"
+    import pandas as pd
+
+    pd.DataFrame([{c: str(r[c]) for c in old_columns} for r in rows]).to_csv(old, index=False)
+    df = bdrate.read(old)
+    assert list(df.columns) == bdrate.BDRATE_COLUMNS and (df.bd_rate_lo == "").all()
+    assert list(df.bd_rate_pct) == [r["bd_rate_pct"] for r in rows]
+    bdrate.write(old, rows)  # upsert onto the old layout: the new one
+    assert list(bdrate.read(old).columns) == bdrate.BDRATE_COLUMNS and len(bdrate.read(old)) == len(rows)

@@ -81,7 +81,7 @@ def test_migrated_board_records_the_weights_file_and_the_gate_passes(tmp_path):
     assert set(df.weights_sha256[(df.method == "jpeg") | (df.source == "paper")]) == {""}
     assert len(df) == len(before)
     # nothing else changed (the committed board may already be migrated; columns newer than it are added empty)
-    added = ["weights_sha256", "n_gray", *leaderboard.DELTA_COLUMNS]
+    added = ["weights_sha256", "n_gray", *leaderboard.DELTA_COLUMNS, "command"]
     assert set(df.delta) == {""}
     assert df.drop(columns=added).equals(before.drop(columns=added, errors="ignore"))
     assert main(["migrate-boards", "--leaderboard", str(boards)]) == 0  # idempotent

@@ -41,10 +41,15 @@ def test_concurrent_upserts_lose_no_rows(tmp_path):
     assert len(df) == 60 and sorted(set(df.method)) == ["w0", "w1", "w2", "w3"]
 
 
-def _run(board: Path, *extra: str) -> subprocess.Popen:
+def _run(board: Path, *extra: str, cwd: Path = ROOT) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "benchmark.cli", "run", "--method", "dncnn", "--qf", "10,20", "--quiet",
            "--leaderboard", str(board), *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(cmd, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _in(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.mark.slow  # whole CLI jobs in subprocesses: minutes on 2 cores
@@ -55,21 +60,23 @@ def test_two_concurrent_runs_on_one_board_and_byte_identical_reruns(tmp_path):
     df = leaderboard.read(shared)
     assert set(df.codec) == {"jpeg", "avif"} and len(df) == 8  # 2 methods x 2 QFs x 2 codecs, none lost
 
-    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
-    assert _run(first).wait(300) == 0 and _run(second).wait(300) == 0
-    assert first.read_bytes() == second.read_bytes()  # same seed, pinned date: byte-identical
+    # the same command (rows record it, board path included) from two folders
+    first, second = _in(tmp_path / "first"), _in(tmp_path / "second")
+    assert _run(Path("board.csv"), cwd=first).wait(300) == 0 and _run(Path("board.csv"), cwd=second).wait(300) == 0
+    assert (first / "board.csv").read_bytes() == (second / "board.csv").read_bytes()  # same seed, pinned date
 
 
 @pytest.mark.slow  # whole CLI jobs in subprocesses: minutes on 2 cores
 def test_kill_minus_9_then_rerun_gives_the_same_board(tmp_path):
-    reference, board = tmp_path / "reference.csv", tmp_path / "board.csv"
-    assert _run(reference).wait(300) == 0
-    victim = _run(board, "--no-cache")
+    ref_dir, run_dir = _in(tmp_path / "reference"), _in(tmp_path / "run")
+    reference, board = ref_dir / "board.csv", run_dir / "board.csv"  # the same command in two folders
+    assert _run(Path("board.csv"), cwd=ref_dir).wait(300) == 0
+    victim = _run(Path("board.csv"), "--no-cache", cwd=run_dir)
     time.sleep(4)  # mid-run: models loaded, images being scored
     victim.kill()  # SIGKILL
     victim.wait(60)
     assert not board.exists() or leaderboard.read(board).shape[0] in (0, 4)  # never a half-written file
-    assert _run(board).wait(300) == 0
+    assert _run(Path("board.csv"), cwd=run_dir).wait(300) == 0
     assert board.read_bytes() == reference.read_bytes()
 
 

@@ -12,19 +12,28 @@ bpp); per (classifier, dataset, codec) of the classification board, every method
 top-5 vs bpp. Classification rows carry no bpp, so the rate is computed here (`classification_rates`): the mean
 over the images of 8 * bytes / (h * w) of the classifier's centre crops encoded by `datamodules.corruptions.apply`
 at that QF; the values go into every row's `rates` column (`QF:bpp;...`), which the rate-accuracy plot reads.
+
+Each row's 95 % interval (`bd_rate_lo` ... `bd_metric_hi`, `bd_interval`): where every QF row of both curves has a
+per-image file (`benchmark.boards.per_image`), the photos are resampled (paired on the image digest, one set of
+indices of `benchmark.metrics.paired.bootstrap_indices` per resample for every point of both curves), both mean
+curves re-drawn and both BD values recomputed; the percentile interval of 2000 resamples. Fidelity rows resample the
+per-image bpp too; task rows have no per-image rate, so it is held at its mean (said in `interval_note`). Elsewhere
+the columns stay empty and `interval_note` says why. A BD-rate interval that contains 0 is a tie.
 """
 from __future__ import annotations
 
 import math
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.interpolate import PchipInterpolator
 
-from benchmark.boards import leaderboard
+from benchmark.boards import leaderboard, per_image
+from benchmark.metrics.paired import LEVEL, RESAMPLES, SEED, bootstrap_indices
 
 MIN_POINTS = 4
 FIDELITY_METRICS = ("psnr", "ssim")
@@ -46,11 +55,20 @@ def qf_sets(qfs: list[int]) -> list[list[int]]:
 
 BDRATE_KEY = ["board", "model", "method", "preset", "dataset", "channels", "codec", "subsampling", "metric",
               "qf_range", "source", "weights_sha256"]
-BDRATE_COLUMNS = BDRATE_KEY[:-3] + ["reference", "qf_range", "n_points", "bd_rate_pct", "bd_metric", "rate",
-                                    "rates", "n_images", "source", "weights_sha256", "carbench_version",
-                                    "git_commit", "created_at"]
+# bd_rate_lo / _hi, bd_metric_lo / _hi: the 95 % paired bootstrap interval over the images (see `bd_interval`);
+# n_paired: the images it resampled (those in every QF row's per-image file of both curves); resamples: drawn;
+# dropped: resamples whose curves gave no BD value (counted as the worst case on both sides); interval_note: how the
+# interval was drawn, or why the columns are empty (never an invented interval)
+INTERVAL_COLUMNS = ("bd_rate_lo", "bd_rate_hi", "bd_metric_lo", "bd_metric_hi", "n_paired", "resamples", "dropped",
+                    "interval_note")
+BDRATE_COLUMNS = BDRATE_KEY[:-3] + ["reference", "qf_range", "n_points", "bd_rate_pct", "bd_metric", "bd_rate_lo",
+                                    "bd_rate_hi", "bd_metric_lo", "bd_metric_hi", "rate", "rates", "n_images",
+                                    "n_paired", "resamples", "dropped", "interval_note", "source", "weights_sha256",
+                                    "carbench_version", "git_commit", "created_at"]
 BDRATE_SCHEMA = leaderboard.Schema(tuple(BDRATE_KEY), tuple(BDRATE_COLUMNS),
-                                   ("bd_rate_pct", "bd_metric", "n_points", "n_images"), "bd_rate_pct")
+                                   ("bd_rate_pct", "bd_metric", "n_points", "n_images", "bd_rate_lo", "bd_rate_hi",
+                                    "bd_metric_lo", "bd_metric_hi", "n_paired", "resamples", "dropped"),
+                                   "bd_rate_pct")
 
 
 class BDError(ValueError):
@@ -107,6 +125,163 @@ def bd_metric(rate_ref, metric_ref, rate_test, metric_test, *, ref_name: str = "
     lo, hi = _overlap(l1, l2, "log-rate", (ref_name, test_name))
     g1, g2 = PchipInterpolator(l1, m1), PchipInterpolator(l2, m2)
     return float((g2.integrate(lo, hi) - g1.integrate(lo, hi)) / (hi - lo))
+
+
+# ---- the same metrics on many curves at once (the bootstrap's resampled curves) -----------------------------------
+def _pchip_slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row-wise PCHIP derivatives of (curves, points) knots: scipy's `PchipInterpolator._find_derivatives` (weighted
+    harmonic mean inside, the shape-preserving three-point estimate at the ends), on every row at once."""
+    h = np.diff(x, axis=1)
+    m = np.diff(y, axis=1) / h
+    sm = np.sign(m)
+    condition = (sm[:, 1:] != sm[:, :-1]) | (m[:, 1:] == 0) | (m[:, :-1] == 0)
+    w1 = 2 * h[:, 1:] + h[:, :-1]
+    w2 = h[:, 1:] + 2 * h[:, :-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        whmean = (w1 / m[:, :-1] + w2 / m[:, 1:]) / (w1 + w2)
+        inner = np.where(condition, 0.0, 1.0 / whmean)
+
+    def edge(h0, h1, m0, m1):
+        d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+        mask = np.sign(d) != np.sign(m0)
+        mask2 = (np.sign(m0) != np.sign(m1)) & (np.abs(d) > 3.0 * np.abs(m0))
+        return np.where(mask, 0.0, np.where(mask2, 3.0 * m0, d))
+
+    return np.column_stack([edge(h[:, 0], h[:, 1], m[:, 0], m[:, 1]), inner,
+                            edge(h[:, -1], h[:, -2], m[:, -1], m[:, -2])])
+
+
+def _pchip_integral(x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Row-wise exact integral over [lo, hi] (inside each row's knots) of the PCHIP interpolant of (x, y): the cubic
+    Hermite pieces integrated in closed form."""
+    d = _pchip_slopes(x, y)
+    h = np.diff(x, axis=1)
+    full = h * (y[:, :-1] + y[:, 1:]) / 2 + h ** 2 * (d[:, :-1] - d[:, 1:]) / 12  # each whole piece
+    before = np.concatenate([np.zeros((len(x), 1)), np.cumsum(full, axis=1)], axis=1)
+    rows = np.arange(len(x))
+
+    def antiderivative(v):  # integral from x[:, 0] to v
+        i = (x[:, 1:-1] <= v[:, None]).sum(axis=1)  # the piece holding v
+        hi_, t = h[rows, i], (v - x[rows, i]) / h[rows, i]
+        t2, t3, t4 = t * t, t ** 3, t ** 4
+        part = (y[rows, i] * (t4 / 2 - t3 + t) + hi_ * d[rows, i] * (t4 / 4 - 2 * t3 / 3 + t2 / 2)
+                + y[rows, i + 1] * (t3 - t4 / 2) + hi_ * d[rows, i + 1] * (t4 / 4 - t3 / 3))
+        return before[rows, i] + hi_ * part
+
+    return antiderivative(hi) - antiderivative(lo)
+
+
+def bd_many(rate_ref, metric_ref, rate_test, metric_test) -> tuple[np.ndarray, np.ndarray]:
+    """(BD-rate %, BD-metric) of many curve pairs, one per row of (curves, points) arrays, with the refusals of
+    `bd_rate` / `bd_metric` (too few / non-finite / non-positive rates / not monotonic / no overlap) giving NaN.
+    Agrees with `bd_rate` / `bd_metric` to rounding (tests); the board's point estimates use those."""
+    arrays = [np.atleast_2d(np.asarray(a, dtype=np.float64)) for a in (rate_ref, metric_ref, rate_test, metric_test)]
+    k, q = arrays[0].shape
+    if q < MIN_POINTS or any(a.shape != (k, q) for a in arrays):
+        raise ValueError(f"bd_many: (curves, >= {MIN_POINTS} points) arrays of one shape, got "
+                         f"{[a.shape for a in arrays]}")
+    ok = np.ones(k, dtype=bool)
+    curves = []
+    for r, m in ((arrays[0], arrays[1]), (arrays[2], arrays[3])):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ok &= np.isfinite(r).all(1) & np.isfinite(m).all(1) & (r > 0).all(1)
+            order = np.argsort(r, axis=1, kind="stable")
+            r, m = np.take_along_axis(r, order, 1), np.take_along_axis(m, order, 1)
+            ok &= (np.diff(r, axis=1) > 0).all(1) & (np.diff(m, axis=1) > 0).all(1)
+            curves.append((np.log(np.where(ok[:, None], r, 1.0)), np.where(ok[:, None], m, 0.0)))
+    (l1, m1), (l2, m2) = curves
+    rate_pct, metric = np.full(k, np.nan), np.full(k, np.nan)
+    # BD-rate: log-rate as a function of the metric over the common metric interval
+    lo, hi = np.maximum(m1[:, 0], m2[:, 0]), np.minimum(m1[:, -1], m2[:, -1])
+    sel = ok & (hi > lo)
+    if sel.any():
+        s = np.flatnonzero(sel)
+        diff = _pchip_integral(m2[s], l2[s], lo[s], hi[s]) - _pchip_integral(m1[s], l1[s], lo[s], hi[s])
+        rate_pct[s] = 100.0 * np.expm1(diff / (hi[s] - lo[s]))
+    # BD-metric: the metric as a function of log-rate over the common log-rate interval
+    lo, hi = np.maximum(l1[:, 0], l2[:, 0]), np.minimum(l1[:, -1], l2[:, -1])
+    sel = ok & (hi > lo)
+    if sel.any():
+        s = np.flatnonzero(sel)
+        diff = _pchip_integral(l2[s], m2[s], lo[s], hi[s]) - _pchip_integral(l1[s], m1[s], lo[s], hi[s])
+        metric[s] = diff / (hi[s] - lo[s])
+    return rate_pct, metric
+
+
+# ---- their bootstrap interval over the images ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class BDInterval:
+    """95 % paired bootstrap intervals of BD-rate (percent) and BD-metric; None where undefined."""
+    rate_lo: float | None
+    rate_hi: float | None
+    metric_lo: float | None
+    metric_hi: float | None
+    n_images: int
+    resamples: int
+    dropped: int  # resamples whose mean curves gave no BD value (not monotonic, no overlap)
+
+
+def _worst_case_percentiles(values: np.ndarray, dropped: int, level: float) -> tuple[float | None, float | None]:
+    """The percentile interval of `values` plus `dropped` resamples that count as -inf for the lower bound and +inf
+    for the upper (the worst case either side: a dropped resample never narrows the interval); with no dropped
+    resample it is numpy's linear percentile. None where the bound falls on a dropped resample."""
+    total = len(values) + dropped
+    tail = (1 - level) / 2
+    v = np.sort(values)
+    lo_pos, hi_pos = (total - 1) * tail, (total - 1) * (1 - tail)  # positions in the sorted resamples
+    lo = None if math.floor(lo_pos) < dropped or not len(v) else \
+        float(np.interp(lo_pos - dropped, np.arange(len(v)), v))  # the dropped ones sit first (at -inf)
+    hi = None if math.ceil(hi_pos) > len(v) - 1 or not len(v) else \
+        float(np.interp(hi_pos, np.arange(len(v)), v))  # ... and last (at +inf)
+    return lo, hi
+
+
+def bd_interval(rate_ref, metric_ref, rate_test, metric_test, resamples: int = RESAMPLES, seed: int = SEED,
+                level: float = LEVEL) -> BDInterval:
+    """Paired bootstrap of BD-rate and BD-metric over images. `metric_*`: (QFs, images) per-image values of each
+    curve, the same images in the same column order in every row of both; `rate_*` likewise, or (QFs,) mean rates
+    held fixed (no per-image rate). One set of photo indices per resample (`paired.bootstrap_indices`) is applied to
+    every QF row of both curves; the mean curves are re-drawn from it and both BD values recomputed (`bd_many`, all
+    the resamples of a block at once). Resampled means are a (resamples x images) count matrix times the per-image
+    values, one block of indices at a time. A resample whose curves `bd_rate` / `bd_metric` would refuse (not
+    monotonic, no overlap) is dropped and counted."""
+    m_ref, m_test = np.asarray(metric_ref, dtype=np.float64), np.asarray(metric_test, dtype=np.float64)
+    if m_ref.ndim != 2 or m_ref.shape != m_test.shape:
+        raise ValueError(f"per-image metrics need two (QFs, images) arrays of one shape, got {m_ref.shape} and "
+                         f"{m_test.shape}")
+    q, n = m_ref.shape
+    if n < 1:
+        raise ValueError("no image")
+    rates = [np.asarray(r, dtype=np.float64) for r in (rate_ref, rate_test)]
+    per_image = [r for r in rates if r.ndim == 2]
+    if any(r.shape not in ((q,), (q, n)) for r in rates):
+        raise ValueError(f"rates need shape ({q},) or ({q}, {n}), got {rates[0].shape} and {rates[1].shape}")
+    columns = np.concatenate([m_ref, m_test, *per_image]).T  # (images, columns)
+    if not np.isfinite(columns).all() or not all(np.isfinite(r).all() for r in rates):
+        raise ValueError("NaN or inf among the per-image values")
+    bd_r, bd_m = [], []
+    for idx in bootstrap_indices(n, resamples, seed):
+        k = len(idx)
+        counts = np.bincount((idx + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+        means = counts @ columns / n  # (k, columns): each resample's mean of every curve point
+        mr, mt, at = means[:, :q], means[:, q:2 * q], 2 * q
+        curve_rates = []
+        for r in rates:
+            if r.ndim == 2:
+                curve_rates.append(means[:, at:at + q])
+                at += q
+            else:
+                curve_rates.append(np.broadcast_to(r, (k, q)))
+        a, b = bd_many(curve_rates[0], mr, curve_rates[1], mt)
+        bd_r.append(a)
+        bd_m.append(b)
+    bd_r, bd_m = np.concatenate(bd_r), np.concatenate(bd_m)
+    kept = np.isfinite(bd_r) & np.isfinite(bd_m)  # a resample is dropped when either BD value is refused
+    dropped = int((~kept).sum())
+    bd_r, bd_m = bd_r[kept], bd_m[kept]
+    r_lo, r_hi = _worst_case_percentiles(np.array(bd_r), dropped, level)
+    m_lo, m_hi = _worst_case_percentiles(np.array(bd_m), dropped, level)
+    return BDInterval(r_lo, r_hi, m_lo, m_hi, n, resamples, dropped)
 
 
 # ---- rates of the classification rows ------------------------------------------------------------------------------
@@ -215,21 +390,137 @@ def _row(**kw) -> dict:
             "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), **kw}
 
 
-def _delta_row(board, ref, test, metric, qfs, rate_ref, rate_test, what, **context) -> dict:
-    """One board row: BD-rate and BD-metric of `test` against `ref` on their common QFs."""
+class PointFiles:
+    """The per-image files of a board's rows (`benchmark.boards.per_image`), read once each. `scale`: per-image
+    value -> the row's unit (0/1 correctness -> percent); `rate`: the per-image rate column, None where the rate of
+    a point is the rows' mean (held fixed in the bootstrap)."""
+
+    def __init__(self, board_path: Path, key, scale: float = 1.0, rate: str | None = None,
+                 resamples: int = RESAMPLES, seed: int = SEED):
+        self.board_path, self.key, self.scale, self.rate = Path(board_path), list(key), scale, rate
+        self.resamples, self.seed = resamples, seed
+        self._cache: dict[Path, dict | None] = {}
+
+    def read(self, row: dict) -> dict | None:
+        path = per_image.path_for(self.board_path, row, self.key)
+        if path not in self._cache:
+            try:
+                self._cache[path] = per_image.read(path)
+            except (OSError, ValueError, IndexError, EOFError) as e:  # a damaged file: no interval, said why
+                self._cache[path] = {"_error": f"{path.name}: {type(e).__name__}: {e}"}
+        return self._cache[path]
+
+
+_TOLERANCE = 1e-3  # a file's mean vs the board's value (stored with 4 decimals)
+
+
+def _no_interval(note: str) -> dict:
+    return {**{c: "" for c in INTERVAL_COLUMNS}, "interval_note": f"no interval: {note}"}
+
+
+def _keyed(digests) -> dict:
+    """(digest, k-th occurrence) -> position: a photo seen twice pairs its k-th occurrences."""
+    seen: dict[str, int] = {}
+    out = {}
+    for i, d in enumerate(digests):
+        out[(d, seen.get(d, 0))] = i
+        seen[d] = seen.get(d, 0) + 1
+    return out
+
+
+def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: dict, rates: dict) -> dict:
+    """The INTERVAL_COLUMNS of one BD row. `curves`: {label: {qf: the board row}} (reference first), `values` /
+    `rates`: {label: [the board's value / rate per QF]} (the point estimate's inputs)."""
+    missing, data = [], {}
+    for label, rows in curves.items():
+        for q in qfs:
+            row = rows.get(q)
+            d = None if row is None else files.read(row)
+            if d is None:
+                missing.append(f"{label} QF {q}")
+            elif "_error" in d:
+                return _no_interval(f"per-image file of {label} QF {q} unreadable ({d['_error']})")
+            else:
+                data[label, q] = d
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        return _no_interval(f"per-image files missing ({len(missing)} of {len(qfs) * len(curves)} points: {shown})")
+    columns = [metric] + ([files.rate] if files.rate else [])
+    for (label, q), d in data.items():
+        for c in columns:
+            if c not in d:
+                return _no_interval(f"the per-image file of {label} QF {q} has no {c}")
+        i = list(qfs).index(q)
+        for c, board, scale in ((metric, values[label][i], files.scale),) + \
+                (((files.rate, rates[label][i], 1.0),) if files.rate else ()):
+            mean = float(np.mean(d[c])) * scale if len(d[c]) else float("nan")
+            if not abs(mean - float(board)) <= _TOLERANCE:
+                return _no_interval(f"the per-image file of {label} QF {q} does not give the row's {c} (mean "
+                                    f"{mean:.4f} of {len(d[c])} images, the board {float(board):.4f})")
+    keyed = {k: _keyed(d["digest"]) for k, d in data.items()}
+    first = next(iter(keyed.values()))
+    common = [k for k in first if all(k in other for other in keyed.values())]
+    if not common:
+        return _no_interval("no image in every per-image file of both curves")
+    sizes = sorted({len(v) for v in keyed.values()})
+    arrays = {}
+    for label in curves:
+        for c in columns:
+            arrays[label, c] = np.array([data[label, q][c][[keyed[label, q][k] for k in common]] for q in qfs])
+    ref, test = list(curves)
+    scale = files.scale
+    try:
+        iv = bd_interval(arrays[ref, files.rate] if files.rate else rates[ref], scale * arrays[ref, metric],
+                         arrays[test, files.rate] if files.rate else rates[test], scale * arrays[test, metric],
+                         files.resamples, files.seed)
+    except ValueError as e:
+        return _no_interval(str(e))
+    how = [f"paired bootstrap over {iv.n_images} images, {iv.resamples} resamples (seed {files.seed})"]
+    if len(sizes) > 1:
+        how.append(f"the images in every file of both curves (files of {sizes[0]} to {sizes[-1]} images)")
+    how.append(f"rate: per-image {files.rate}" if files.rate else
+               f"rate held at the rows' mean bpp (no per-image rate): only the {metric} per image resampled")
+    out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
+    bounds = (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)
+    if any(b is None for b in bounds):
+        out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
+        how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
+                      "(not monotonic / no overlap)")
+    else:
+        out.update(bd_rate_lo=f"{iv.rate_lo:.4f}", bd_rate_hi=f"{iv.rate_hi:.4f}",
+                   bd_metric_lo=f"{iv.metric_lo:.6f}", bd_metric_hi=f"{iv.metric_hi:.6f}")
+        if iv.dropped:
+            how.append(f"{iv.dropped} resample(s) gave no BD value (not monotonic / no overlap), counted as the "
+                       "worst case on both sides")
+    out["interval_note"] = "; ".join(how)
+    return out
+
+
+def _delta_row(board, ref, test, metric, qfs, rate_ref, rate_test, what, files: PointFiles | None = None,
+               curves: dict | None = None, **context) -> dict:
+    """One board row: BD-rate and BD-metric of `test` against `ref` on their common QFs, and their bootstrap
+    interval over the images where `files` holds every point's per-image values (`curves`: {label: {qf: row}})."""
     y_ref = [ref[q][metric] for q in qfs]
     y_test = [test[q][metric] for q in qfs]
     names = {"ref_name": f"{REFERENCE[board]} {metric} curve of {what}",
                  "test_name": f"{context['method']}.{context['preset']} {metric} curve of {what}"}
     pct = bd_rate(rate_ref, y_ref, rate_test, y_test, **names)
     delta = bd_metric(rate_ref, y_ref, rate_test, y_test, **names)
+    if files is None or curves is None:
+        interval = _no_interval("no per-image files given")
+    else:
+        labels = list(curves)
+        interval = _interval_fields(files, curves, metric, qfs, {labels[0]: y_ref, labels[1]: y_test},
+                                    {labels[0]: list(rate_ref), labels[1]: list(rate_test)})
     return _row(board=board, metric=metric, reference=REFERENCE[board], qf_range=_qf_range(qfs), n_points=len(qfs),
-                bd_rate_pct=f"{pct:.4f}", bd_metric=f"{delta:.6f}", **context)
+                bd_rate_pct=f"{pct:.4f}", bd_metric=f"{delta:.6f}", **interval, **context)
 
 
-def fidelity_rows(df: pd.DataFrame, notes: list[str]) -> list[dict]:
-    """BD rows of a fidelity board: each method against `jpeg` on the same images, codec and channels."""
+def fidelity_rows(df: pd.DataFrame, notes: list[str], board_path: Path | None = None) -> list[dict]:
+    """BD rows of a fidelity board: each method against `jpeg` on the same images, codec and channels; with
+    `board_path` (the board's file), their intervals from the per-image files beside it (per-image bpp too)."""
     rows = []
+    files = None if board_path is None else PointFiles(board_path, leaderboard.FIDELITY_KEY, rate="bpp")
     df = _single_pass(df)
     for c in ("psnr", "ssim", "bpp"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
@@ -252,12 +543,13 @@ def fidelity_rows(df: pd.DataFrame, notes: list[str]) -> list[dict]:
             context = {"model": "", "method": method, "preset": preset, "dataset": dataset, "channels": channels,
                        "codec": codec, "subsampling": subsampling, "weights_sha256": sha,
                        "rate": "bpp of the board's rows", "n_images": test[qfs[0]]["n_images"]}
+            curves = {REFERENCE["fidelity"]: ref, _label(method, preset): test}
             for part in qf_sets(qfs):
                 context["rates"] = _rates_text({q: test[q]["bpp"] for q in part})
                 for metric in FIDELITY_METRICS:
                     try:
                         rows.append(_delta_row("fidelity", ref, test, metric, part, [ref[q]["bpp"] for q in part],
-                                               [test[q]["bpp"] for q in part], what, **context))
+                                               [test[q]["bpp"] for q in part], what, files, curves, **context))
                     except BDError as e:
                         notes.append(str(e))
     return rows
@@ -280,12 +572,21 @@ def _by_qf(rows: pd.DataFrame) -> dict[int, dict[str, float]]:
     return {int(q): dict(zip(r.metric, r.value)) for q, r in rows.groupby("qf")}
 
 
+def _rows_by_qf(rows: pd.DataFrame, metric: str) -> dict[int, dict]:
+    """Long-format task rows -> {qf: the row of `metric`} (the key of its per-image file)."""
+    return {int(r["qf"]): r for r in rows[rows.metric == metric].to_dict("records")}
+
+
 def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | None,
-                        progress: bool = False, board: str = "classification") -> list[dict]:
+                        progress: bool = False, board: str = "classification",
+                        board_path: Path | None = None) -> list[dict]:
     """BD rows of the classification board: each method against `direct` (the classifier on the compressed
     crops), top-1 and top-5 vs the crops' bpp (computed once per dataset, codec and QF set). `board="detection"`:
-    the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp."""
+    the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp. With
+    `board_path`, intervals from the rows' per-image files (0/1 outcomes -> percent) where every point has one; the
+    rate has no per-image values here, so it is held at its mean and only the accuracy is resampled."""
     rows = []
+    files = None if board_path is None else PointFiles(board_path, leaderboard.TASK_KEY, scale=100.0)
     df = _single_pass(df)
     df = df[df.metric.isin(TASK_METRICS[board])]
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
@@ -328,8 +629,10 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
                 for metric in TASK_METRICS[board]:
                     if not all(metric in test[q] and metric in ref[q] for q in part):
                         continue
+                    curves = {REFERENCE[board]: _rows_by_qf(ref_rows, metric),
+                              _label(method, preset): _rows_by_qf(t, metric)}
                     try:
-                        rows.append(_delta_row(board, ref, test, metric, part, rate, rate, what,
+                        rows.append(_delta_row(board, ref, test, metric, part, rate, rate, what, files, curves,
                                                **context))
                     except BDError as e:
                         notes.append(str(e))
@@ -339,14 +642,14 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
 def build(boards: Path, imagenet: Path | None = None, progress: bool = False) -> tuple[list[dict], list[str]]:
     """(bdrate rows, notes on the curves left out and why) from a folder of boards."""
     notes: list[str] = []
-    rows = fidelity_rows(leaderboard.read(boards / "fidelity.csv", "fidelity"), notes) \
+    rows = fidelity_rows(leaderboard.read(boards / "fidelity.csv", "fidelity"), notes, boards / "fidelity.csv") \
         if (boards / "fidelity.csv").exists() else []
     if (boards / "classification.csv").exists():
         rows += classification_rows(leaderboard.read(boards / "classification.csv", "classification"), notes,
-                                    imagenet, progress)
+                                    imagenet, progress, board_path=boards / "classification.csv")
     if (boards / "detection.csv").exists():
         rows += classification_rows(leaderboard.read(boards / "detection.csv", "detection"), notes, imagenet,
-                                    progress, board="detection")
+                                    progress, board="detection", board_path=boards / "detection.csv")
     return rows, notes
 
 
@@ -359,19 +662,63 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 
 def read(path: Path) -> pd.DataFrame:
+    """The bdrate board as strings; a file written before the interval columns reads them as "" (in place)."""
     df = leaderboard.read(path)
     if not df.empty:
+        for c in INTERVAL_COLUMNS:
+            if c not in df.columns:
+                before = BDRATE_COLUMNS[BDRATE_COLUMNS.index(c) - 1]
+                df.insert(df.columns.get_loc(before) + 1 if before in df.columns else len(df.columns), c, "")
         leaderboard.validate(df, BDRATE_SCHEMA, str(path))
     return df
 
 
+def _has_interval(r: dict) -> bool:
+    return all(str(r.get(c, "")) != "" for c in ("bd_rate_lo", "bd_rate_hi", "bd_metric_lo", "bd_metric_hi"))
+
+
+def verdict(r: dict) -> str:
+    """"saving" / "cost" (BD-rate interval below / above 0), "tie" (it contains 0), "" (no interval)."""
+    if not _has_interval(r):
+        return ""
+    lo, hi = float(r["bd_rate_lo"]), float(r["bd_rate_hi"])
+    return "saving" if hi < 0 else "cost" if lo > 0 else "tie"
+
+
+def _with_interval(r: dict, value: str, lo: str, hi: str, digits: int) -> str:
+    """`-12.70 [-14.10, -11.20]`, or the value alone without an interval."""
+    text = f"{float(r[value]):+.{digits}f}"
+    return f"{text} [{float(r[lo]):+.{digits}f}, {float(r[hi]):+.{digits}f}]" if _has_interval(r) else text
+
+
 def format_table(rows: list[dict]) -> str:
+    """One line per row: BD-rate % and BD-metric with their 95 % intervals; `tie` where the BD-rate interval
+    contains 0."""
     mw = max([7] + [len(r["metric"]) + 1 for r in rows])  # consistency_map_50 is long
     lines = [f"{'board':<15}{'method':<24}{'dataset':<28}{'codec':<6}{'metric':<{mw}}{'QFs':<8}{'n':>3}"
-             + f"{'BD-rate %':>11}{'BD-metric':>11}"]
+             + f"  {'BD-rate % [95 %]':<27}{'BD-metric [95 %]':<33}verdict"]
     for r in rows:
-        lines.append(f"{r['board']:<15}{_label(r['method'], r['preset']):<24}"
-                     f"{(r['dataset'] + ('/' + r['channels'] if r['board'] == 'fidelity' else '')):<28}"
-                     f"{r['codec']:<6}{r['metric']:<{mw}}{r['qf_range']:<8}{r['n_points']:>3}"
-                     f"{float(r['bd_rate_pct']):>11.2f}{float(r['bd_metric']):>11.4f}")
+        lines.append((f"{r['board']:<15}{_label(r['method'], r['preset']):<24}"
+                      f"{(r['dataset'] + ('/' + r['channels'] if r['board'] == 'fidelity' else '')):<28}"
+                      f"{r['codec']:<6}{r['metric']:<{mw}}{r['qf_range']:<8}{r['n_points']:>3}"
+                      f"  {_with_interval(r, 'bd_rate_pct', 'bd_rate_lo', 'bd_rate_hi', 2):<27}"
+                      f"{_with_interval(r, 'bd_metric', 'bd_metric_lo', 'bd_metric_hi', 4):<33}"
+                      f"{verdict(r)}").rstrip())
     return "\n".join(lines)
+
+
+def interval_summary(rows: list[dict]) -> list[str]:
+    """Lines for the command's output: how many rows carry an interval, how many are ties, and why the others
+    have none (grouped by reason)."""
+    with_iv = [r for r in rows if _has_interval(r)]
+    ties = sum(verdict(r) == "tie" for r in with_iv)
+    out = [(f"intervals: {len(with_iv)} of {len(rows)} rows (paired bootstrap over images, 95 %); {ties} tie(s) "
+            "(the BD-rate interval contains 0)")]
+    reasons: dict[str, int] = {}
+    for r in rows:
+        if not _has_interval(r):
+            note = str(r.get("interval_note", "")) or "no interval"
+            reason = re.sub(r" \(.*", "", note)  # the kind of reason, without the points it names
+            reasons[reason] = reasons.get(reason, 0) + 1
+    out += [f"  {n} row(s): {reason} (interval columns left empty)" for reason, n in sorted(reasons.items())]
+    return out

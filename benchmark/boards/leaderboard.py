@@ -23,21 +23,25 @@ FIDELITY_KEY = ["method", "preset", "dataset", "channels", "codec", "qf", "passe
 FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
     "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "delta", "delta_lo",
     "delta_hi", "source", "weights",
-    "weights_sha256", "codec_lib", "carbench_version", "git_commit", "created_at"]
+    "weights_sha256", "codec_lib", "carbench_version", "git_commit", "created_at", "command"]
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
             "source", "weights_sha256"]
 TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "delta", "delta_lo", "delta_hi", "n_images", "source", "model_weights", "weights", "weights_sha256",
-                                "codec_lib", "carbench_version", "git_commit", "created_at"]
+                                "codec_lib", "carbench_version", "git_commit", "created_at", "command"]
 # n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
 # lpips: mean per-image LPIPS (AlexNet), measured only on request (`--metrics ...,lpips`; "": not measured)
 # fid, kid: set-level FID / KID of the restored vs the clean images (local Inception file), on request likewise
 # delta, delta_lo, delta_hi: the headline metric minus the reference row's (fidelity: psnr vs jpeg; tasks: the
 # row's value vs direct / clean) and its paired 95 % bootstrap interval over the per-image files
 # (benchmark.boards.per_image); "": a reference row, or no per-image file to pair with
+# git_commit: the commit the row was measured at; `<commit>-dirty+<diff digest>` from a modified tree (which the
+# committed boards refuse: benchmark.boards.provenance); command: the exact command that measured the row
 # columns newer than some committed boards -> the column they follow (the first of a tuple the file has): a file
 # without them reads them as ""
 ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid",
-                 "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo"}
+                 "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo",
+                 "command": "created_at"}
+_ADDED_ONLY_WITH = {"command": "codec_lib"}  # fidelity and task boards have it; bdrate.csv, efficiency.csv do not
 DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 SOURCES = ("measured", "paper")
@@ -149,18 +153,18 @@ def fidelity_target(leaderboard: str | None) -> Path:
     return Path(leaderboard)
 
 
-@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    """The commit a row is measured at (`<commit>-dirty+<diff digest>` from a modified tree)."""
+    from benchmark.boards import provenance
+
+    return provenance.git_commit()
+
+
+def command() -> str:
+    """The exact command that measured this process's rows."""
+    from benchmark.boards import provenance
+
+    return provenance.command()
 
 
 def carbench_version() -> str:
@@ -192,6 +196,8 @@ def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
         raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
     for c, after in ADDED_COLUMNS.items():  # a fidelity or task board written before they existed
         after = next((a for a in ((after,) if isinstance(after, str) else after) if a in df.columns), None)
+        if c in _ADDED_ONLY_WITH and _ADDED_ONLY_WITH[c] not in df.columns:  # another kind of table
+            continue
         if c not in df.columns and after is not None:
             df.insert(df.columns.get_loc(after) + 1, c, "")
     if board is not None:

@@ -162,6 +162,17 @@ def plot_task_passes(boards: Path, task: str, metric: str, out: Path) -> Path | 
     return _save(fig, out)
 
 
+def interval_text(delta, lo, hi, digits: int = 2) -> str:
+    """`+2.50 [+0.40, +4.60]` from a row's delta cells, `... (tie)` when the interval contains 0; the delta alone
+    when there is no interval; "" when there is no delta."""
+    d, lo, hi = _num(delta), _num(lo), _num(hi)
+    if d != d:
+        return ""
+    if lo != lo or hi != hi:
+        return f"{d:+.{digits}f}"
+    return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + (" (tie)" if lo <= 0 <= hi else "")
+
+
 def _num(v) -> float:
     """A board cell as a float; empty (a paper that printed no such figure) is NaN."""
     return float(v) if v not in ("", None) and not pd.isna(v) else float("nan")
@@ -190,7 +201,11 @@ def cost_points(df: pd.DataFrame, eff: pd.DataFrame, size: str = "512x512") -> l
         own = src[(src.method == e["method"]) & (src.preset == e["preset"])]
         if base.empty or own.empty:
             continue
+        r = own.iloc[0]
+        # the paired interval of the gain where the row's delta is the same gain (psnr vs jpeg of this data set)
+        lo, hi = (_num(r.get(c, "")) for c in ("delta_lo", "delta_hi"))
         points.append({"label": _label(e), "source": e["source"], "gain": float(own.psnr.iloc[0] - base.psnr.iloc[0]),
+                       "gain_lo": lo, "gain_hi": hi,
                        "latency_ms": _num(e["latency_ms"]), "gmacs": _num(e["gmacs"]),
                        "params_m": _num(e["params_m"]), "device": e["device"], "size": size})
     return points
@@ -211,6 +226,12 @@ def _scatter_by_source(points: list[dict], x: str, out: Path, xlabel: str, title
                    color=color, marker="o" if src == "measured" else "s",
                    label=("measured (this CPU)" if src == "measured" else "paper (its own device)")
                    + (" (bubble: params)" if bubbles else ""))
+        bars = [p for p in pts if p.get("gain_lo", float("nan")) == p.get("gain_lo") and
+                p.get("gain_hi", float("nan")) == p.get("gain_hi")]
+        if bars:  # the gain's paired 95 % interval, where the board has one
+            ax.errorbar([p[x] for p in bars], [p["gain"] for p in bars], fmt="none", ecolor=color, capsize=3,
+                        yerr=[[max(p["gain"] - p["gain_lo"], 0.0) for p in bars],
+                              [max(p["gain_hi"] - p["gain"], 0.0) for p in bars]])
         for p in pts:
             text = f"{p['label']} {p['params_m']:.1f}M" if bubbles and p["params_m"] == p["params_m"] else p["label"]
             ax.annotate(text, (p[x], p["gain"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -236,7 +257,9 @@ def plot_params_macs(points: list[dict], out: Path) -> Path | None:
 def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
     """Measured rows with the paper's PSNR/SSIM beside them and the deltas."""
     rows = []
-    for _, r in df[df.source == "measured"].iterrows():
+    measured = df[df.source == "measured"]
+    intervals = "delta" in df.columns and (measured.get("delta", pd.Series(dtype=str)).astype(str) != "").any()
+    for _, r in measured.iterrows():
         p_psnr, p_ssim = paper_value(df, r, "psnr"), paper_value(df, r, "ssim")
         rows.append({"method": r["label"], "dataset": r["dataset"], "ch": r["channels"], "codec": r["codec"],
                      "qf": r["qf"], "passes": r["passes"], "n": r["n_images"], "PSNR": round(r["psnr"], 2),
@@ -244,6 +267,8 @@ def fidelity_table(df: pd.DataFrame) -> pd.DataFrame:
                      "paper PSNR": p_psnr if p_psnr is not None else "",
                      "dPSNR vs paper": round(r["psnr"] - p_psnr, 2) + 0.0 if p_psnr is not None else "",
                      "paper SSIM": p_ssim if p_ssim is not None else ""})
+        if intervals:  # the paired 95 % interval of psnr - jpeg on the same images (issue 26)
+            rows[-1]["dPSNR vs jpeg [95 % CI]"] = interval_text(r["delta"], r["delta_lo"], r["delta_hi"])
     return pd.DataFrame(rows)
 
 
@@ -258,6 +283,15 @@ def task_table(boards: Path, task: str) -> pd.DataFrame:
     metrics = [c for c in wide.columns if c not in ("model", "dataset", "method", "preset", "codec", "qf", "n_images")]
     for c in metrics:
         wide[c] = pd.to_numeric(wide[c], errors="coerce").round(2)
+    if "delta" in df.columns and (df.delta.astype(str) != "").any():  # each metric's delta to direct / clean, its CI
+        iv = df.assign(_iv=[interval_text(r["delta"], r["delta_lo"], r["delta_hi"], 1) for _, r in df.iterrows()])
+        iv = iv.pivot_table(index=["model", "dataset", "method", "preset", "codec", "qf", "n_images"],
+                            columns="metric", values="_iv", aggfunc="first").reset_index()
+        iv.columns.name = None
+        index = ["model", "dataset", "method", "preset", "codec", "qf", "n_images"]
+        named = {m: f"d{m} [95 % CI]" for m in metrics if m in iv.columns and (iv[m].fillna("") != "").any()}
+        if named:
+            wide = wide.merge(iv[index + list(named)].rename(columns=named), on=index, how="left").fillna("")
     return wide
 
 
@@ -358,12 +392,18 @@ def build(boards: str | Path | None = None, out_dir: str | Path | None = None) -
             if p:
                 plots[f"{task}: {metric} vs JPEG passes"] = p
     plots.update(photo_detection_plots(boards, out))
+    from benchmark.boards.plots import plot_board_delta_intervals  # deltas with their 95 % intervals (issue 26)
+
+    for name in ("fidelity", *TASKS):
+        if (boards / f"{name}.csv").exists():
+            plots.update(plot_board_delta_intervals(boards / f"{name}.csv", name, out))
     from benchmark.boards.rd_plots import write_plots  # rate-distortion and rate-accuracy figures
 
     plots.update(write_plots(boards, out))
     sections = [("Fidelity (measured; paper value and delta where a paper reports the same row)",
                  fidelity_table(df) if not df.empty else pd.DataFrame())]
-    sections += [(f"{task.capitalize()} (values in percent)", task_table(boards, task)) for task in TASKS]
+    sections += [(f"{task.capitalize()} (values in percent; d<metric>: the delta to direct / clean with its paired "
+                  f"95 % interval, (tie): the interval contains 0)", task_table(boards, task)) for task in TASKS]
     sections += [("Efficiency (measured and papers' tables)", efficiency_table(boards))]
     stamp = f"carbench {leaderboard.carbench_version()}, commit {leaderboard.git_commit()}, {leaderboard.now()}"
     md = [f"# carbench leaderboards\n\n_{stamp}_\n"]

@@ -151,16 +151,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="print every compared value, not only regressions")
     c.set_defaults(module="check")
 
-    cp = sub.add_parser("compare", help="a new method beside every baseline: fidelity (and task) boards + report")
-    cp.add_argument("--method", required=True, help="your method(s): a registered name (entry point) or "
-                                                    "path/to/file.py:ClassName or package.module:ClassName")
+    cp = sub.add_parser("compare", help="a new method beside every baseline: fidelity (and task) boards + report; "
+                                       "or (--rows A B) two rows of a board, paired on their images")
+    cp.add_argument("--method", default=None, help="your method(s): a registered name (entry point) or "
+                                                   "path/to/file.py:ClassName or package.module:ClassName")
+    cr = cp.add_argument_group("two rows of a board (--rows): the paired delta A - B with its 95 % interval")
+    cr.add_argument("--rows", nargs=2, metavar=("A", "B"), default=None,
+                    help="two row selectors, COLUMN=VALUE lists such as 'method=fbcnn,qf=10' 'method=dagn,qf=10': "
+                         "each must pick one row (a task row's metric defaults to the board's headline, e.g. top1)")
+    cr.add_argument("--board", default=None, choices=["fidelity", "classification", "detection", "segmentation"],
+                    help="the board the rows are on (default: the one where both selectors match)")
+    cr.add_argument("--where", default=None, metavar="COLUMN=VALUE,...",
+                    help="conditions both rows share, e.g. 'model=efficientnet_lite0,codec=jpeg'")
     cp.add_argument("--baselines", default="all", help="'all' (every method with shipped/found weights) or a list")
     cp.add_argument("--qf", default="10,20,30,40")
     cp.add_argument("--dataset", default="samples", help="comma list, as for `run`")
     cp.add_argument("--data-root", default=None)
     cp.add_argument("--task", default=None, help="also these downstream tasks (comma list), on the shapes set")
     cp.add_argument("--boards", "--leaderboard", dest="boards", default=None,
-                    help="leaderboard folder (default $CARBENCH_RESULTS or ./carbench-results/)")
+                    help="leaderboard folder (default $CARBENCH_RESULTS or ./carbench-results/; with --rows: the "
+                         "folder or board CSV read, default leaderboards/)")
     cp.add_argument("--no-report", action="store_true")
     cp.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr)")
     cp.set_defaults(module="compare")
@@ -199,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from benchmark.boards import provenance
     from benchmark.cli.usage import UsageError, check
 
+    provenance.set_command(list(sys.argv[1:] if argv is None else argv))  # each row records the command
     try:  # before the command's module (torch, Lightning, ...) is imported: a typo is answered at once
         check(args)
     except UsageError as e:

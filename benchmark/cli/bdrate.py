@@ -1,11 +1,12 @@
-"""`benchmark bdrate`: BD-rate and BD-metric of every method against the unrestored input -> bdrate.csv."""
+"""`benchmark bdrate`: BD-rate and BD-metric of every method against the unrestored input, with their 95 % paired
+bootstrap intervals over the images where every point has a per-image file -> bdrate.csv."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
 from benchmark.boards import leaderboard
-from benchmark.boards.bdrate import build, format_table, write
+from benchmark.boards.bdrate import build, format_table, interval_summary, write
 
 
 def target(leaderboard_arg: str | None) -> Path:
@@ -29,7 +30,10 @@ def main(args) -> int:
     if rows:
         write(out, rows)
         print(format_table(rows))
-        print(f"\n{len(rows)} rows -> {out}")
+        print()
+        for line in interval_summary(rows):
+            print(line)
+        print(f"{len(rows)} rows -> {out}")
     else:
         print("no curve pair with enough points: nothing written")
     for n in notes:

@@ -1,4 +1,5 @@
-"""`benchmark compare`: a new method beside every baseline (fidelity and task boards, report)."""
+"""`benchmark compare`: a new method beside every baseline (fidelity and task boards, report); `--rows A B`: two rows
+of one board, paired on their per-image files (`benchmark.boards.compare_rows`)."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,8 @@ from benchmark.cli.common import (
 
 
 def main(args) -> int:
+    if args.rows is not None:
+        return rows_main(args)
     from benchmark.boards import leaderboard
     from benchmark.cli import main as cli_main  # each part is the `run` command
     from lightning_modules.registry import MethodError, split_name
@@ -41,3 +44,33 @@ def main(args) -> int:
 
         print(f"report: {build(boards)['html']}")
     return rc
+
+
+def rows_main(args) -> int:
+    """`compare --rows A B`: exit 0 with a paired interval, 1 when a row has no per-image values (the board values'
+    unpaired difference is printed instead), 2 when a selector picks no row or several."""
+    from pathlib import Path
+
+    from benchmark.boards import compare_rows as cr
+    from benchmark.boards import leaderboard
+
+    target = Path(args.boards) if args.boards else leaderboard.LEADERBOARD_DIR
+    folder, board = (target.parent, target.stem) if target.suffix.lower() == ".csv" else (target, args.board)
+    a, b = (cr.parse_selector(s) for s in args.rows)
+    where = cr.parse_selector(args.where) if args.where else {}
+    try:
+        board = board or cr.infer_board(folder, a, b, where)
+        path = folder / f"{board}.csv"
+        rows, columns = cr.board_rows(path, board)
+        if not rows:
+            raise cr.RowSelectionError(f"{path}: no such board (or an empty one)")
+        ra = cr.select(rows, columns, board, a, where, "A")
+        rb = cr.select(rows, columns, board, b, where, "B")
+        if ra is rb:
+            raise cr.RowSelectionError("both selectors pick the same row")
+        result = cr.compare(path, board, ra, rb)
+    except cr.RowSelectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(cr.report(result)))
+    return 1 if result.missing or result.error else 0

@@ -139,7 +139,21 @@ def run_dataset(args: argparse.Namespace, tasks: list[str]) -> str:
 
 
 # ---- the commands ----------------------------------------------------------------------------------------------------
+def board_folder(leaderboard: str | None, task: bool) -> None:
+    """The committed boards (leaderboards/) take rows from an unmodified tree only (benchmark.boards.provenance)."""
+    if not leaderboard:
+        return
+    from benchmark.boards import provenance
+
+    folder = leaderboard if task or leaderboard.endswith(("/", os.sep)) or os.path.isdir(leaderboard) else \
+        os.path.dirname(leaderboard) or "."
+    why = provenance.refusal(folder)
+    if why:
+        raise UsageError(why)
+
+
 def check_run(args: argparse.Namespace) -> None:
+    board_folder(args.leaderboard, bool(args.task))
     corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
     positive(args, "n_images", "batch_size", "tile")
     positive_number(args, "memory_budget")
@@ -159,7 +173,51 @@ def check_run(args: argparse.Namespace) -> None:
         task_model(tasks, args.task_model)
 
 
+COMPARE_RUN_DEFAULTS = {"baselines": "all", "qf": "10,20,30,40", "dataset": "samples", "data_root": None,
+                        "task": None, "no_report": False, "quiet": False}  # the flags of `compare --method` alone
+
+
+def check_compare_rows(args: argparse.Namespace) -> None:
+    from benchmark.boards.compare_rows import BOARDS, parse_selector
+
+    if args.method:
+        raise UsageError("--rows compares two rows of a board; --method runs a method against the baselines: use "
+                         "one of them")
+    given = [k for k, v in COMPARE_RUN_DEFAULTS.items() if getattr(args, k, v) != v]
+    if given:
+        raise UsageError(f"--rows: {', '.join('--' + k.replace('_', '-') for k in given)} appl"
+                         f"{'ies' if len(given) == 1 else 'y'} to `compare --method`, not to two board rows")
+    for flag, text in (("--rows", args.rows[0]), ("--rows", args.rows[1]), ("--where", args.where)):
+        if text is None:
+            continue
+        try:
+            parse_selector(text)
+        except ValueError as e:
+            raise UsageError(f"{flag} {text!r}: {e}") from None
+    if args.boards:
+        path = Path(args.boards)
+        if path.suffix.lower() == ".csv":
+            if path.stem not in BOARDS:
+                raise UsageError(f"--leaderboard {args.boards}: a board CSV is one of "
+                                 f"{', '.join(b + '.csv' for b in BOARDS)}")
+            if args.board and args.board != path.stem:
+                raise UsageError(f"--board {args.board} and --leaderboard {args.boards} name different boards")
+            if not path.is_file():
+                raise UsageError(f"--leaderboard {args.boards}: file does not exist")
+        elif not path.is_dir():
+            raise UsageError(f"--leaderboard {args.boards}: folder does not exist")
+
+
 def check_compare(args: argparse.Namespace) -> None:
+    if args.rows is not None:
+        return check_compare_rows(args)
+    if not args.method:
+        raise UsageError("compare needs --method (your method against the baselines) or --rows A B (two rows of a "
+                         "board)")
+    rows_only = [f for f, v in (("--board", args.board), ("--where", args.where)) if v is not None]
+    if rows_only:
+        raise UsageError(f"{', '.join(rows_only)}: only with --rows A B")
+    board_folder(getattr(args, "leaderboard", None), False)
     corruptions(args.qf)
     methods(_csv(args.method))
     if args.baselines != "all":

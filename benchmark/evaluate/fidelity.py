@@ -233,7 +233,8 @@ def _row(restorer, dataset, channels, c: Corruption, res: dict, dm: EvalDataModu
         "bpp": res["bpp"], "source": "measured", "weights": restorer.weights_path,
         "weights_sha256": leaderboard.weights_sha256(getattr(restorer, "weights_file", "") or restorer.weights_path),
         "codec_lib": codec_lib(c.codec, versions), "carbench_version": leaderboard.carbench_version(),
-        "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "seconds": seconds,
+        "git_commit": leaderboard.git_commit(), "command": leaderboard.command(), "created_at": leaderboard.now(),
+        "seconds": seconds,
     }
 
 

@@ -412,6 +412,7 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
         "codec_lib": codec_lib(codec, versions) if c is not None else "",
         "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
+        "command": leaderboard.command(),
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),
     }
     scale = 1.0 if task == "classification" else 100.0  # every value in percent, as the papers print them
