@@ -290,3 +290,16 @@ def test_photo_rows_keep_consistency_matches_and_label_proxy_hits(photo_folder, 
     for metric in ("consistency_map", "label_proxy"):
         assert [rows[("direct", metric)][c] for c in per_image.DELTA_COLUMNS] == ["", "", ""]
         assert all(rows[("dncnn", metric)][c] != "" for c in per_image.DELTA_COLUMNS), metric
+
+
+def test_compare_rows_pairs_detection_and_segmentation_rows(task_boards):
+    from benchmark.boards.compare_rows import compare
+
+    for task, metric in (("detection", "map"), ("segmentation", "mIoU")):
+        board, df, _ = task_boards[task]
+        rows = {r["method"]: r for r in df[df.metric == metric].to_dict("records")}
+        c = compare(board, task, rows["dncnn"], rows["direct"])
+        assert not c.missing and not c.error, (task, c.missing, c.error)
+        got = c.headline.result
+        assert [leaderboard._fmt(v) for v in (got.delta, got.lo, got.hi)] == \
+            [rows["dncnn"][k] for k in per_image.DELTA_COLUMNS], task

@@ -183,13 +183,13 @@ def compare(board_path: str | Path, board: str, a: dict, b: dict) -> RowComparis
                                 f"metric")
     value_col = "psnr" if board == "fidelity" else "value"
     unit = "dB" if board == "fidelity" else "points (percent)"
-    files = (per_image.path_for(board_path, a, key), per_image.path_for(board_path, b, key))
+    files = (per_image.existing_path(board_path, a, key), per_image.existing_path(board_path, b, key))
     out = RowComparison(board, board_path, a, b, metric, str(a.get(value_col, "")), str(b.get(value_col, "")), unit,
                         files)
     values = []
-    for name, path in zip("AB", files):
-        v = per_image.read(path)
-        if v is None or metric not in v:
+    for name, r in zip("AB", (a, b)):
+        v = per_image.read_any(board_path, r, key)  # detection mAP rows: COCOeval matches, recomputed per resample
+        if v is None or not per_image.gives(v, metric):
             out.missing.append(name)
         values.append(v)
     if out.missing:

@@ -204,6 +204,12 @@ def read_any(board_path, row: dict, key) -> dict | None:
     return read_matches(path_for(board_path, row, key, MATCHES_SUFFIX)) or read(path_for(board_path, row, key))
 
 
+def existing_path(board_path, row: dict, key) -> Path:
+    """The row's per-image file: its matches file where there is one, else its CSV (which may not exist)."""
+    matches = path_for(board_path, row, key, MATCHES_SUFFIX)
+    return matches if matches.exists() else path_for(board_path, row, key)
+
+
 def reference_of(board: str, row: dict, candidates: list[dict]) -> dict | None:
     """The row's reference among `candidates` (the first match), None for a reference row or when none."""
     if board == "fidelity":
@@ -233,7 +239,8 @@ def _content(values: dict) -> str:
     return h.hexdigest()
 
 
-def _gives(values: dict, metric: str) -> bool:
+def gives(values: dict, metric: str) -> bool:
+    """Whether per-image results give `metric`: a per-image column, or a set-level statistic of them."""
     if "_matches" in values or "inter_00" in values:
         return set_statistic(values, metric) is not None
     return metric in values
@@ -282,7 +289,7 @@ def record(board_path: str | os.PathLike, board: str, rows: list[dict], key, exi
                for k, v in r[KEY].items()}
         if "_matches" in own:
             own = cache.setdefault(_content(own), own)
-        if ref_values is None or not (_gives(own, metric) and _gives(ref_values, metric)):
+        if ref_values is None or not (gives(own, metric) and gives(ref_values, metric)):
             continue
         try:
             p = paired(own, ref_values, metric, scale)
