@@ -323,9 +323,15 @@ def photo_clean_results(items: Dataset) -> dict:
     return {**cmap.compute(), **proxy.compute(), "n_images": len(items)}
 
 
+def _model_sha256(tm) -> str:
+    """The row's `model_weights_sha256`: the user-given weights file's digest ("" for the default weights)."""
+    return leaderboard.weights_sha256(tm.weights_file) if getattr(tm, "weights_file", "") else ""
+
+
 def _weights_key(tm) -> str:
-    try:
-        return f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}"  # the file's bytes, where there is one
+    try:  # the file's bytes, where there is one (a user's TF.js graph: its .bin)
+        return f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}" + \
+            (f"@{_model_sha256(tm)}" if getattr(tm, "weights_file", "") else "")
     except (OSError, ValueError):
         return str(tm.weights)  # a package's weights: its name and version
 
@@ -402,7 +408,8 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "task": task, "model": tm.name, "method": method_name, "preset": preset,
         "dataset": dataset_label(req.dataset, req.n_images),
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
-        "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
+        "source": "measured", "model_weights": tm.weights, "model_weights_sha256": _model_sha256(tm),
+        "weights": "" if scored is None else scored.weights_path,
         "weights_sha256": "" if scored is None else
         leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
         "codec_lib": codec_lib(codec, versions) if c is not None else "",
