@@ -148,7 +148,7 @@ def test_two_photo_folders_of_one_name_are_two_datasets(tmp_path):
     assert la != lb and la.startswith("folder:photos@") and lb.startswith("folder:photos@")
     assert dataset_label(f"photos:{a}/") == la and dataset_label(f"photos:{a}", 2) == la + "[:2]"
     # an ImageNet layout in a folder of another name: content-hashed too
-    fa, fb = _photos(tmp_path / "a" / "pics", 2, 0), _photos(tmp_path / "b" / "pics", 2, 2)
+    fa, fb = _photos(tmp_path / "a" / "pics", 2, 0), _photos(tmp_path / "b" / "pics", 3, 2)
     assert dataset_label(f"imagenet-flat:{fa}") != dataset_label(f"imagenet-flat:{fb}")
     assert dataset_label(f"imagenet-flat:{fa}").startswith("imagenet-flat:pics@")
     # the built-in sets keep their names (committed rows)

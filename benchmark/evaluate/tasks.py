@@ -163,18 +163,37 @@ class CleanItems(Dataset):
         return item[0], item[1]
 
 
+_LABELS: dict[tuple, str] = {}  # (spec, folder, its mtime) -> label: a folder is listed once per run, not per row
+
+
 def dataset_label(spec: str, n_images: int | None = None) -> str:
-    """The name rows carry: `shapes`, or a real layout's folder name without the machine path
-    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`; `coco:/data/coco` ->
-    `coco:coco`); a subset of the first n images gets `[:n]`."""
+    """The name rows carry, without the machine path: `shapes`; a set whose folder names it keeps that name
+    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`, `coco:/data/coco` -> `coco`);
+    any other folder is named by its name and content as fidelity rows name one (`datamodules.sources.folder_label`):
+    `photos:DIR` -> `folder:NAME@HASH`, `imagenet-flat:DIR/pics` -> `imagenet-flat:pics@HASH`, so two folders of one
+    name are two datasets. A subset of the first n images gets `[:n]`."""
     kind, root = parse_dataset(spec)
     if kind == "shapes":
         return "shapes"
-    from pathlib import Path
+    folder = Path(root).resolve()
+    name = folder.name.lower().replace("_", "-")
+    if kind != "photos" and name.startswith(kind.split("-")[0]):
+        label = name
+    elif not folder.is_dir():
+        label = f"{kind}:{name}"  # nothing to hash (the run itself names the missing folder)
+    else:
+        key = (spec, str(folder), folder.stat().st_mtime_ns)
+        if key not in _LABELS:
+            from datamodules.photos import photo_paths
+            from datamodules.sources import folder_label
 
-    folder = Path(root).resolve().name.lower().replace("_", "-")
-    name = folder if folder.startswith(kind.split("-")[0]) else f"{kind}:{folder}"
-    return f"{name}[:{n_images}]" if n_images else name
+            if kind in PHOTO_KINDS:
+                files = photo_paths(folder, "folder" if kind == "photos" else kind)
+            else:  # annotated layouts: every file (images and annotations)
+                files = sorted(p for p in folder.rglob("*") if p.is_file())
+            _LABELS[key] = folder_label(folder, files, "folder" if kind == "photos" else kind)
+        label = _LABELS[key]
+    return f"{label}[:{n_images}]" if n_images else label
 
 
 def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache,
