@@ -120,6 +120,8 @@ def read_image(path: str | os.PathLike) -> ImageRecord:
             arr = to_uint8_image(img, str(path))
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:  # over twice Image.MAX_IMAGE_PIXELS: refused, not decoded
+        raise ImageError(f"{path}: too large to decode safely (Pillow's decompression-bomb limit: {e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
     return ImageRecord(name=path.stem, pixels=arr, source=str(path))
