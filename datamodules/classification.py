@@ -262,13 +262,15 @@ def default_imagenet_folder() -> Path | None:
 
 # ---- ImageNet-C JPEG protocol --------------------------------------------------------------------------------------
 def load_rgb_noted(path: str | os.PathLike) -> tuple[np.ndarray, str | None]:
-    """(uint8 HxWx3, note): gray is replicated to RGB (as PIL `convert('RGB')`); modes `read_image` refuses (CMYK,
-    ...) are converted by Pillow as torchvision's `pil_loader` does. `note` says what was converted (None: RGB)."""
+    """(uint8 HxWx3, note): gray is replicated to RGB (as PIL `convert('RGB')`); colour modes `read_image` refuses
+    (CMYK, YCbCr, ...) are converted by Pillow as torchvision's `pil_loader` does. `note` says what was converted
+    (None: RGB). What `read_image` refuses otherwise raises its ImageError naming the file, which callers skip: 16-bit
+    and float images (Pillow's 8-bit conversion clips them to near white), decompression bombs, broken files."""
     note = None
     try:
         px = read_image(path).pixels
     except ImageError as e:
-        if "not supported" not in str(e) and "not 8-bit" not in str(e):
+        if "not supported" not in str(e):
             raise
         with Image.open(path) as img:
             note = f"{img.mode} converted to RGB by Pillow"

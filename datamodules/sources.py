@@ -120,6 +120,8 @@ def read_image(path: str | os.PathLike) -> ImageRecord:
             arr = to_uint8_image(img, str(path))
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:  # over twice Image.MAX_IMAGE_PIXELS: refused, not decoded
+        raise ImageError(f"{path}: too large to decode safely (Pillow's decompression-bomb limit: {e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
     return ImageRecord(name=path.stem, pixels=arr, source=str(path))
@@ -286,10 +288,18 @@ def dataset_label(name: str) -> str:
     if base == "samples" or base in NAMED_DATASETS or not Path(base).is_dir():
         return name
     folder = Path(base).resolve()
+    return folder_label(folder, list_image_files(folder)) + (f":{variant}" if sep else "")
+
+
+def folder_label(folder: str | os.PathLike, files: Sequence[str | os.PathLike], prefix: str = "folder") -> str:
+    """`PREFIX:NAME@HASH`: the folder's name and a short hash of its image files (paths relative to it, and sizes), so
+    two folders of one name are two datasets and no machine path reaches a board (fidelity and task runs)."""
+    folder = Path(folder)
     h = hashlib.sha256()
-    for p in list_image_files(folder):
-        h.update(f"{p.name}\0{p.stat().st_size}\n".encode())
-    return f"folder:{folder.name}@{h.hexdigest()[:6]}" + (f":{variant}" if sep else "")
+    for p in map(Path, files):  # in the order given (sorted by the listings)
+        rel = p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name
+        h.update(f"{rel}\0{p.stat().st_size}\n".encode())
+    return f"{prefix}:{folder.resolve().name}@{h.hexdigest()[:6]}"
 
 
 def as_y(records: list[ImageRecord]) -> list[ImageRecord]:

@@ -122,7 +122,11 @@ def test_photo_board_rows_with_the_real_detectors(photo_folder, tmp_path, model)
     import pandas as pd
 
     rows = pd.read_csv(tmp_path / "lb" / "detection.csv")
-    assert set(rows["model"]) == {model} and set(rows["dataset"]) == {"imagenet-flat:photos"}
+    from benchmark.evaluate.tasks import dataset_label
+
+    label = dataset_label(f"imagenet-flat:{photo_folder}")  # named by its name and content: no machine path
+    assert label.startswith("imagenet-flat:photos@")
+    assert set(rows["model"]) == {model} and set(rows["dataset"]) == {label}
     clean = rows[rows["method"] == "clean"].set_index("metric")["value"]
     direct = rows[rows["method"] == "direct"].set_index("metric")["value"]
     assert clean["consistency_map"] == pytest.approx(100.0) and clean["consistency_map_50"] == pytest.approx(100.0)

@@ -591,8 +591,12 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
     df = df[df.metric.isin(TASK_METRICS[board])]
     df["value"] = pd.to_numeric(df["value"], errors="coerce")
     rate_cache: dict[tuple, dict[int, float]] = {}
-    group = ["model", "dataset", "codec", "subsampling", "seed"]
-    for (model, dataset, codec, subsampling, seed), g in df.groupby(group, sort=True):
+    if "model_weights_sha256" not in df.columns:
+        df["model_weights_sha256"] = ""
+    # rows of a user's task-model file (--task-weights) are their own curves: `model@<its digest>`
+    group = ["model", "model_weights_sha256", "dataset", "codec", "subsampling", "seed"]
+    for (model, model_sha, dataset, codec, subsampling, seed), g in df.groupby(group, sort=True):
+        model = f"{model}@{model_sha}" if model_sha else model
         what = f"{model} on {dataset} ({codec}, {subsampling}, seed {seed})"
         ref_rows = g[g.method == REFERENCE[board]]
         if ref_rows.empty:

@@ -98,6 +98,12 @@ def _why_new(committed: dict, key: list[str], k: tuple) -> str:
         return "(new row: the committed one has no weights_sha256; run `benchmark migrate-boards`)"
     if others:
         return f"(new row: other weights file; committed {', '.join(c[i] for c in others)})"
+    if "model_weights_sha256" in key:
+        j = key.index("model_weights_sha256")
+        others = [c for c in committed if c[:j] + c[j + 1:] == k[:j] + k[j + 1:]]
+        if others:
+            return (f"(new row: other task-model weights file {k[j] or '(the default)'}; committed "
+                    f"{', '.join(c[j] or '(the default)' for c in others)})")
     return "(new row)"
 
 

@@ -24,9 +24,14 @@ FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
     "n_images", "n_skipped", "n_gray", "psnr", "ssim", "psnrb", "lpips", "fid", "kid", "bpp", "delta", "delta_lo",
     "delta_hi", "source", "weights",
     "weights_sha256", "codec_lib", "carbench_version", "git_commit", "created_at", "command"]
+# model_weights_sha256: the same digest of the task model's weights file where the user gave it (--task-weights; a
+# TF.js graph: its .bin), "" for the default weights (shipped, packaged, or pinned and checked at load); part of the
+# key, so rows of two files never replace each other. Boards written before it read it as "" (their rows keep
+# their keys and their per-image files: benchmark.boards.per_image leaves an empty one out of the digest).
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
-            "source", "weights_sha256"]
-TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "delta", "delta_lo", "delta_hi", "n_images", "source", "model_weights", "weights", "weights_sha256",
+            "source", "weights_sha256", "model_weights_sha256"]
+TASK_COLUMNS = TASK_KEY[:-4] + ["metric", "value", "delta", "delta_lo", "delta_hi", "n_images", "source",
+                                "model_weights", "model_weights_sha256", "weights", "weights_sha256",
                                 "codec_lib", "carbench_version", "git_commit", "created_at", "command"]
 # n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
 # lpips: mean per-image LPIPS (AlexNet), measured only on request (`--metrics ...,lpips`; "": not measured)
@@ -40,7 +45,7 @@ TASK_COLUMNS = TASK_KEY[:-3] + ["metric", "value", "delta", "delta_lo", "delta_h
 # without them reads them as ""
 ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid",
                  "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo",
-                 "command": "created_at"}
+                 "command": "created_at", "model_weights_sha256": "model_weights"}
 _ADDED_ONLY_WITH = {"command": "codec_lib"}  # fidelity and task boards have it; bdrate.csv, efficiency.csv do not
 DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"

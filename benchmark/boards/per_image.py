@@ -39,8 +39,12 @@ KEY = "_per_image"  # a row's per-image values: {"image": [...], "digest": [...]
 DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 FIDELITY_FIELDS = ("psnr", "ssim", "psnrb", "lpips", "bpp")  # in this order, those scored
 FIDELITY_MATCH = ("dataset", "channels", "codec", "qf", "passes", "subsampling", "seed")
-TASK_MATCH = ("task", "model", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric")
+TASK_MATCH = ("task", "model", "model_weights_sha256", "dataset", "codec", "qf", "passes", "subsampling", "seed",
+              "metric")
 _SEP = "\x00"
+# key columns added after per-image files were written: left out of the digest while empty, so a row of a board
+# written before them keeps its file name
+_DIGEST_OPTIONAL = ("model_weights_sha256",)
 
 
 def _cell(v) -> str:
@@ -51,7 +55,9 @@ def _cell(v) -> str:
 
 def row_digest(row: dict, key) -> str:
     """First 16 hex digits of the sha256 of the row's key values, as the board stores them."""
-    return hashlib.sha256(_SEP.join(_cell(row.get(k, "")) for k in key).encode()).hexdigest()[:16]
+    cells = [_cell(row.get(k, "")) for k in key]
+    cells = [v for k, v in zip(key, cells) if v != "" or k not in _DIGEST_OPTIONAL]
+    return hashlib.sha256(_SEP.join(cells).encode()).hexdigest()[:16]
 
 
 def path_for(board_path: str | os.PathLike, row: dict, key, suffix: str = ".csv.gz") -> Path:

@@ -164,18 +164,37 @@ class CleanItems(Dataset):
         return item[0], item[1]
 
 
+_LABELS: dict[tuple, str] = {}  # (spec, folder, its mtime) -> label: a folder is listed once per run, not per row
+
+
 def dataset_label(spec: str, n_images: int | None = None) -> str:
-    """The name rows carry: `shapes`, or a real layout's folder name without the machine path
-    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`; `coco:/data/coco` ->
-    `coco:coco`); a subset of the first n images gets `[:n]`."""
+    """The name rows carry, without the machine path: `shapes`; a set whose folder names it keeps that name
+    (`imagenet-flat:../shared/data/train/ImageNet_sample1000` -> `imagenet-sample1000`, `coco:/data/coco` -> `coco`);
+    any other folder is named by its name and content as fidelity rows name one (`datamodules.sources.folder_label`):
+    `photos:DIR` -> `folder:NAME@HASH`, `imagenet-flat:DIR/pics` -> `imagenet-flat:pics@HASH`, so two folders of one
+    name are two datasets. A subset of the first n images gets `[:n]`."""
     kind, root = parse_dataset(spec)
     if kind == "shapes":
         return "shapes"
-    from pathlib import Path
+    folder = Path(root).resolve()
+    name = folder.name.lower().replace("_", "-")
+    if kind != "photos" and name.startswith(kind.split("-")[0]):
+        label = name
+    elif not folder.is_dir():
+        label = f"{kind}:{name}"  # nothing to hash (the run itself names the missing folder)
+    else:
+        key = (spec, str(folder), folder.stat().st_mtime_ns)
+        if key not in _LABELS:
+            from datamodules.photos import photo_paths
+            from datamodules.sources import folder_label
 
-    folder = Path(root).resolve().name.lower().replace("_", "-")
-    name = folder if folder.startswith(kind.split("-")[0]) else f"{kind}:{folder}"
-    return f"{name}[:{n_images}]" if n_images else name
+            if kind in PHOTO_KINDS:
+                files = photo_paths(folder, "folder" if kind == "photos" else kind)
+            else:  # annotated layouts: every file (images and annotations)
+                files = sorted(p for p in folder.rglob("*") if p.is_file())
+            _LABELS[key] = folder_label(folder, files, "folder" if kind == "photos" else kind)
+        label = _LABELS[key]
+    return f"{label}[:{n_images}]" if n_images else label
 
 
 def _loaders(task: str, req: TaskRequest, corruptions: list[Corruption | None], cache: CorruptionCache,
@@ -329,9 +348,15 @@ def photo_clean_results(items: Dataset) -> dict:
     return out
 
 
+def _model_sha256(tm) -> str:
+    """The row's `model_weights_sha256`: the user-given weights file's digest ("" for the default weights)."""
+    return leaderboard.weights_sha256(tm.weights_file) if getattr(tm, "weights_file", "") else ""
+
+
 def _weights_key(tm) -> str:
-    try:
-        return f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}"  # the file's bytes, where there is one
+    try:  # the file's bytes, where there is one (a user's TF.js graph: its .bin)
+        return f"{tm.weights}@{leaderboard.weights_sha256(tm.weights)}" + \
+            (f"@{_model_sha256(tm)}" if getattr(tm, "weights_file", "") else "")
     except (OSError, ValueError):
         return str(tm.weights)  # a package's weights: its name and version
 
@@ -407,7 +432,8 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "task": task, "model": tm.name, "method": method_name, "preset": preset,
         "dataset": dataset_label(req.dataset, req.n_images),
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
-        "source": "measured", "model_weights": tm.weights, "weights": "" if scored is None else scored.weights_path,
+        "source": "measured", "model_weights": tm.weights, "model_weights_sha256": _model_sha256(tm),
+        "weights": "" if scored is None else scored.weights_path,
         "weights_sha256": "" if scored is None else
         leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
         "codec_lib": codec_lib(codec, versions) if c is not None else "",

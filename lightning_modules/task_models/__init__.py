@@ -150,6 +150,9 @@ class TaskModel:
     num_classes: int
     weights: str
     preprocess: object = None  # classifiers: efficientnet_lite.Preprocess (None: the ImageNet-C 256/224 bilinear)
+    # the user-given weights file (--task-weights; a TF.js graph: its .bin) whose sha256 rows record in
+    # model_weights_sha256 and key on; "" for the default weights (shipped, packaged or pinned and checked)
+    weights_file: str = ""
 
 
 class MMSegInference(nn.Module):
@@ -197,7 +200,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
         if problems:
             raise TaskModelError(f"{name}: weights {path} do not fit: " + "; ".join(problems))
         target.load_state_dict(state)
-        return TaskModel(net.eval(), name, spec.num_classes, str(path))
+        return TaskModel(net.eval(), name, spec.num_classes, str(path), weights_file=str(path) if weights else "")
     if task == "classification" and name in PACKAGED_CLASSIFIERS:
         from lightning_modules.task_models.efficientnet_lite import build_efficientnet_lite
 
@@ -205,7 +208,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             net, prep, label = build_efficientnet_lite(name, weights)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise TaskModelError(f"classifier {name!r}: {e}") from e
-        return TaskModel(net, name, 1000, f"{label} ({prep.describe()})", prep)
+        return TaskModel(net, name, 1000, f"{label} ({prep.describe()})", prep, str(weights or ""))
     if task == "classification":
         from lightning_modules.task_models.classifier import build_classifier
 
@@ -213,12 +216,14 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             net = build_classifier(name, weights)
         except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
             raise TaskModelError(f"classifier {name!r}: {e}") from e
-        return TaskModel(net.eval(), name, 1000, str(getattr(net, "weights", "") or ""))
+        return TaskModel(net.eval(), name, 1000, str(getattr(net, "weights", "") or ""),
+                         weights_file=str(weights or ""))
     if task == "detection" and name in PACKAGED_DETECTORS:
-        from lightning_modules.task_models.human_models import describe, human_model_files
+        from lightning_modules.task_models.human_models import describe, pinned_model_files
 
         try:
-            graph = Path(weights) if weights else human_model_files(name.split("_")[0])[0]
+            # the installed files are checked against their pinned sha256; a user's file is recorded by its own
+            graph = Path(weights) if weights else pinned_model_files(name.split("_")[0])[0]
             if name == "centernet_mbv3":
                 from lightning_modules.task_models.centernet import build_centernet_mbv3 as build
             else:
@@ -227,7 +232,8 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             label = str(graph) if weights else describe(graph)
         except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
             raise TaskModelError(f"{name}: {e}") from e
-        return TaskModel(net, name, 91, label)
+        # the weights' bytes are in the .bin beside the graph
+        return TaskModel(net, name, 91, label, weights_file=str(graph.with_suffix(".bin")) if weights else "")
     if task == "detection" and name in REAL_TASK_MODELS["detection"]:
         from lightning_modules.task_models.detector import build_fasterrcnn_r50_fpn
 
@@ -235,7 +241,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             net = build_fasterrcnn_r50_fpn(weights=weights)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise TaskModelError(str(e)) from e
-        return TaskModel(net.eval(), name, 91, str(weights or ""))
+        return TaskModel(net.eval(), name, 91, str(weights or ""), weights_file=str(weights or ""))
     if task == "segmentation" and name in REAL_TASK_MODELS["segmentation"]:
         from lightning_modules.task_models.pspnet import PSPNet, load_mmseg_checkpoint
 
@@ -248,7 +254,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             load_mmseg_checkpoint(weights, net)
         except (ValueError, FileNotFoundError) as e:
             raise TaskModelError(str(e)) from e
-        return TaskModel(MMSegInference(net).eval(), name, 21, str(weights))
+        return TaskModel(MMSegInference(net).eval(), name, 21, str(weights), weights_file=str(weights))
     if task == "segmentation" and name.startswith("mmseg:"):
         from lightning_modules.task_models.mmseg_adapter import MMSegSegmenter
 
@@ -258,6 +264,7 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             net = MMSegSegmenter(name.split(":", 1)[1], weights)
         except ImportError as e:
             raise TaskModelError(str(e)) from e
-        return TaskModel(net, name, int(net.model.decode_head.num_classes), str(weights))
+        return TaskModel(net, name, int(net.model.decode_head.num_classes), str(weights),
+                         weights_file=str(weights))
     raise unknown_task_model(task, name)
 

