@@ -152,6 +152,26 @@ def board_folder(leaderboard: str | None, task: bool) -> None:
         raise UsageError(why)
 
 
+def writable_boards(leaderboard: str | None, boards: list[Path], flag: str = "--leaderboard") -> None:
+    """Every board the command writes must be writable, checked before anything is computed (a run that cannot
+    write its rows would lose them all at the end)."""
+    from benchmark.boards.targets import RESULTS_ENV, unwritable
+
+    for board in boards:
+        why = unwritable(board)
+        if why:
+            where = f"{flag} {leaderboard}: " if leaderboard else \
+                f"the default board folder (${RESULTS_ENV} or ./carbench-results/): "
+            raise UsageError(f"{where}{board} cannot be written ({why}); name a writable folder with {flag} DIR")
+
+
+def run_boards(args: argparse.Namespace) -> list[Path]:
+    """The boards `benchmark run` writes."""
+    from benchmark.boards.targets import fidelity_target, task_targets
+
+    return task_targets(args.leaderboard, _csv(args.task)) if args.task else [fidelity_target(args.leaderboard)]
+
+
 def check_run(args: argparse.Namespace) -> None:
     board_folder(args.leaderboard, bool(args.task))
     corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
@@ -163,14 +183,16 @@ def check_run(args: argparse.Namespace) -> None:
         wnids(args.wnids)
     if not args.task:
         fidelity_datasets(args.dataset, args.data_root)
-        return
-    tasks = _csv(args.task)
-    if args.qf_override is not None:
-        raise UsageError("--qf-override applies to fidelity runs, not --task runs")
-    task_leaderboard(args.leaderboard)
-    task_dataset(tasks, run_dataset(args, tasks))
-    if args.task_model:
-        task_model(tasks, args.task_model)
+    else:
+        tasks = _csv(args.task)
+        if args.qf_override is not None:
+            raise UsageError("--qf-override applies to fidelity runs, not --task runs")
+        task_leaderboard(args.leaderboard)
+        task_dataset(tasks, run_dataset(args, tasks))
+        if args.task_model:
+            task_model(tasks, args.task_model)
+    if not args.dry_run:  # a dry run writes nothing
+        writable_boards(args.leaderboard, run_boards(args))
 
 
 COMPARE_RUN_DEFAULTS = {"baselines": "all", "qf": "10,20,30,40", "dataset": "samples", "data_root": None,
