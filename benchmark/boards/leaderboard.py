@@ -217,6 +217,24 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
     return path
 
 
+def remove(path: str | os.PathLike, rows: list[dict], key: list[str]) -> int:
+    """Delete the board's rows whose key values are those of one of `rows` (atomic and locked); the number
+    deleted."""
+    path = Path(path)
+    drop = {tuple(_fmt(r.get(k, "")) for k in key) for r in rows}
+    if not drop or not path.exists():
+        return 0
+    with FileLock(str(path) + ".lock", timeout=120):
+        old = read(path)
+        if old.empty:
+            return 0
+        keep = [tuple(k) not in drop for k in old[key].values.tolist()]
+        n = len(keep) - sum(keep)
+        if n:
+            _write_atomic(path, old.loc[keep].reset_index(drop=True))
+    return n
+
+
 def _write_atomic(path: Path, df: pd.DataFrame) -> None:
     """Write-then-rename; call with the board's lock held."""
     remove_stale_tmp(path)

@@ -30,6 +30,15 @@ def task_targets(leaderboard: str | None, tasks: list[str]) -> list[Path]:
     return [folder / f"{task}.csv" for task in tasks]
 
 
+def bdrate_target(leaderboard: str | None) -> Path:
+    """The bdrate CSV `benchmark bdrate` writes: --leaderboard FILE, --leaderboard DIR (its bdrate.csv), else the
+    user's."""
+    if not leaderboard:
+        return user_results_dir() / "bdrate.csv"
+    p = Path(leaderboard)
+    return p / "bdrate.csv" if leaderboard.endswith(("/", "\\")) or p.is_dir() else p
+
+
 def unwritable(board: str | os.PathLike) -> str | None:
     """Why the board file cannot be written (its folder, or the folder that would hold it, refuses a new file; the
     path under a file; the board itself a folder), or None. A real probe: a temp file created and removed, so a

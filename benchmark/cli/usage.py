@@ -289,10 +289,21 @@ def check_bench(args: argparse.Namespace) -> None:
     positive(args, "images", "full_images", "repeat", "map_images")
 
 
+BDRATE_BOARDS = ("fidelity.csv", "classification.csv", "detection.csv")  # the boards `bdrate` reads
+
+
 def check_bdrate(args: argparse.Namespace) -> None:
+    from benchmark.boards.provenance import COMMITTED_BOARDS
+    from benchmark.boards.targets import bdrate_target
+
     for flag, value in (("--boards", args.boards), ("--imagenet", args.imagenet)):
-        if value and not Path(value).is_dir():
+        if value is not None and not (value and Path(value).is_dir()):
             raise UsageError(f"{flag} {value}: folder does not exist")
+    boards = Path(args.boards) if args.boards is not None else COMMITTED_BOARDS
+    if not any((boards / name).is_file() for name in BDRATE_BOARDS):
+        flag = f"--boards {args.boards}" if args.boards is not None else f"the default --boards {boards}"
+        raise UsageError(f"{flag}: holds no board ({', '.join(BDRATE_BOARDS)}): name the folder the boards are in")
+    writable_boards(args.leaderboard, [bdrate_target(args.leaderboard)])
 
 
 CHECKS = {"run": check_run, "compare": check_compare, "train": check_train, "check": check_check,
