@@ -42,6 +42,15 @@ DATA_ENV = "CARBENCH_DATA"
 WNID = re.compile(r"n\d{8}")  # an ImageNet class id (WordNet synset)
 
 
+def imagenet_layout(folder: str | os.PathLike) -> str:
+    """`imagenet` when the folder holds wnid sub-folders (ImageNet val: `n01440764/*.JPEG`), else `imagenet-flat`
+    (`n01440764_*.JPEG` files in the folder itself): every other sub-folder (hidden ones, a stray `extra/`) is
+    ignored. The one detection `run` ($CARBENCH_IMAGENET) and `bdrate` (--imagenet) share."""
+    path = Path(folder).expanduser()
+    wnid_dirs = path.is_dir() and any(p.is_dir() and WNID.fullmatch(p.name) for p in path.iterdir())
+    return "imagenet" if wnid_dirs else "imagenet-flat"
+
+
 class ImageError(ValueError):
     """An image that cannot be used; the message names the file."""
 

@@ -465,3 +465,73 @@ def test_a_board_written_before_the_intervals_still_reads(tmp_path):
     assert list(df.bd_rate_pct) == [r["bd_rate_pct"] for r in rows]
     bdrate.write(old, rows)  # upsert onto the old layout: the new one
     assert list(bdrate.read(old).columns) == bdrate.BDRATE_COLUMNS and len(bdrate.read(old)) == len(rows)
+
+
+# ---- fault 6: refused curves, the ImageNet layout, a folder without boards -----------------------------------------
+def test_a_curve_refused_now_removes_its_old_row(tmp_path, capsys):
+    from benchmark.boards import leaderboard
+
+    boards = _boards(tmp_path / "boards")
+    out = tmp_path / "out" / "bdrate.csv"
+    args = _args(boards=str(boards), leaderboard=str(out), imagenet=str(tmp_path / "none"))
+    assert bdrate_command.main(args) == 0
+    assert set(bdrate.read(out)[lambda d: d.method == "dncnn"].metric) == {"psnr", "ssim"}
+    # dncnn's PSNR re-measured: it now falls at QF 50 (not monotonic); its SSIM curve still stands
+    leaderboard.upsert(boards / "fidelity.csv", [_fid_row("dncnn", 50, PSNR[2], 0.91, RATE[4], "compact")])
+    assert bdrate_command.main(args) == 0
+    captured = capsys.readouterr()
+    assert "dncnn.compact psnr curve of live1" in captured.err and "not monotonic" in captured.err
+    assert set(bdrate.read(out)[lambda d: d.method == "dncnn"].metric) == {"ssim"}  # the stale psnr row is gone
+    assert "1 row(s) of refused curves removed" in captured.out
+
+
+def test_the_imagenet_layout_is_the_run_commands(tmp_path):
+    """Wnid sub-folders make the `imagenet` layout; any other sub-folder (hidden, stray) is ignored, as `run` does."""
+    folder = _photo_folder(tmp_path / "imagenet_sample", [(300, 400), (240, 320)], "n01440764")
+    flat = bdrate.classification_rates(folder, "jpeg", [10])
+    photos = bdrate.photo_rates(folder, "jpeg", [10])
+    (folder / ".ipynb_checkpoints").mkdir()  # an empty hidden folder: a traceback before
+    stray = _photo_folder(folder / "extra", [(64, 64)], "n09999999")  # a stray sub-folder: silently its bpp before
+    assert bdrate.photo_rates(folder, "jpeg", [10]) == photos
+    assert bdrate.classification_rates(folder, "jpeg", [10]) == flat
+    from datamodules.sources import imagenet_layout
+
+    assert imagenet_layout(folder) == "imagenet-flat"
+    wnids = tmp_path / "val"
+    wnids.mkdir()
+    stray.rename(wnids / "n09999999")
+    assert imagenet_layout(wnids) == "imagenet"
+    assert bdrate.photo_rates(wnids, "jpeg", [10])[10] > 0
+
+
+def test_an_unusable_imagenet_folder_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    from benchmark.cli import main
+
+    qfs, rows = [7, 10, 15, 18, 25], []
+    for method, shift in (("direct", 0.0), ("fbcnn", 3.0)):
+        for q, v in zip(qfs, [50.1, 61.9, 70.2, 72.4, 75.1]):
+            rows.append({"task": "classification", "model": "efficientnet_lite0", "method": method,
+                         "preset": "" if method == "direct" else "compact", "dataset": "imagenet-sample1000",
+                         "codec": "jpeg", "qf": q, "passes": 1, "subsampling": "420", "seed": 0, "metric": "top1",
+                         "value": v + shift, "n_images": 2, "source": "measured",
+                         "model_weights": "lite0.pth (resize 256 bicubic, crop 224)"})
+    from benchmark.boards import leaderboard
+
+    boards = tmp_path / "boards"
+    leaderboard.upsert(boards / "classification.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    empty = tmp_path / "imagenet_sample1000"
+    (empty / ".cache").mkdir(parents=True)  # no image, only a hidden folder
+    rc = main(["bdrate", "--boards", str(boards), "--imagenet", str(empty), "--leaderboard", str(tmp_path / "o/"),
+               "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: --imagenet {empty}" in err and "holds no images" in err
+
+
+def test_a_boards_folder_without_boards_is_a_usage_error(tmp_path, capsys):
+    from benchmark.cli import main
+
+    (tmp_path / "empty").mkdir()
+    rc = main(["bdrate", "--boards", str(tmp_path / "empty"), "--leaderboard", str(tmp_path / "o/"), "--quiet"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and f"--boards {tmp_path / 'empty'}" in err and "holds no board" in err
+    assert "no curve pair" not in out

@@ -184,9 +184,12 @@ def test_a_row_the_board_refuses_is_named_and_the_others_are_written(tmp_path, c
 
     real = runner.run_fidelity
 
-    def one_bad_row(req, profile=None):
-        rows, failures = real(req, profile)
-        return [{**r, "psnr": float("nan")} if r["qf"] == "10" else r for r in rows], failures
+    def bad(rows):
+        return [{**r, "psnr": float("nan")} if r["qf"] == "10" else r for r in rows]
+
+    def one_bad_row(req, profile=None, on_rows=None):  # each job's rows go to the board as the job ends
+        rows, failures = real(req, profile, on_rows=None if on_rows is None else lambda job: on_rows(bad(job)))
+        return bad(rows), failures
 
     monkeypatch.setattr(runner, "run_fidelity", one_bad_row)
     lb = tmp_path / "f.csv"

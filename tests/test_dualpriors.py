@@ -2,7 +2,6 @@
 gradient steps at inference (no_grad / inference_mode, odd sizes), and the two training stages."""
 from __future__ import annotations
 
-import csv
 import math
 
 import lightning as L
@@ -17,7 +16,6 @@ from lightning_modules import create
 from lightning_modules.restorers.dualpriors import (COMPACT, PAPER, DualPriorsModule, DualPriorsNet, GradientClassifier,
                                           NonLocalBlock, fft_x_update, image_gradients)
 
-from .conftest import PUBLISHED
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 TINY = dict(in_channels=1, stages=2, features=8, grad_steps=2, classifier_width=8, units=2)
@@ -108,15 +106,6 @@ def _expected_count(in_ch, stages, features, classifier_width, units, dilations=
     return deblocker + classifier + 4 * stages
 
 
-def _published_params_m() -> float | None:
-    """dualpriors' own entry in its paper's Table 1 '# Params' row, if the published table has one."""
-    path = PUBLISHED / "efficiency.csv"
-    if not path.exists():
-        return None
-    rows = [r for r in csv.DictReader(path.open()) if r["paper"] == "dualpriors" and r["method"] == "dualpriors"]
-    return float(rows[0]["params_m"]) if rows and rows[0]["params_m"] else None
-
-
 def test_parameter_counts():
     paper = create("dualpriors.paper", pretrained=False).net
     compact = create("dualpriors", pretrained=False).net
@@ -124,11 +113,8 @@ def test_parameter_counts():
     assert n_params(paper.deblocker) == 1_208_537 and n_params(paper.classifier) == 47_937
     assert n_params(compact) == _expected_count(1, **{k: v for k, v in COMPACT.items() if k != "in_channels"})
     assert n_params(compact) == 20_550
-    # Table 1's '# Params' row gives ARCNN/TNRD/DnCNN only; should the proposed network's figure appear, match it
-    published = _published_params_m()
-    print(f"published dualpriors params: {published} M (Table 1 gives none); paper preset {n_params(paper) / 1e6:.3f} M")
-    if published is not None:
-        assert abs(n_params(paper) / (published * 1e6) - 1) < 0.05
+    # no published figure to compare with: the paper's Table 1 '# Params' row gives ARCNN/TNRD/DnCNN only (the
+    # count above is the architecture's, checked layer by layer in _expected_count)
     # de-blocker and classifier are shared: one of each however many stages
     assert n_params(DualPriorsNet(**{**PAPER, "stages": 9})) == n_params(paper) + 4 * 4
     assert [c.dilation[0] for c in paper.deblocker.units[0].convs] == [1, 3, 5]

@@ -161,8 +161,19 @@ def test_encoder_stage_updates_the_encoder_only_and_the_key_encoder_by_ema():
     assert all(torch.equal(v, after[k]) for k, v in restorer0.items())  # the restorer did not
     assert int(aux.queue_ptr) == 4  # the batch's keys entered the queue
     assert "aux.queue" not in module.net.state_dict() and not any("key_encoder" in k for k in module.net.state_dict())
+    torch.manual_seed(1)  # the validation patches are drawn at random: drawn again below from the same seed
     metrics = _trainer(1, val=True).validate(module, loader, verbose=False)[0]
-    assert 0.0 <= metrics["val_top1"] <= 1.0 and "val_qf_top1" in metrics
+    corrupted = next(iter(loader))[0]
+    torch.manual_seed(1)
+    module.eval()
+    with torch.no_grad():
+        size = module._patch_size(corrupted)
+        p_query, p_key = random_patches(corrupted, size), random_patches(corrupted, size)
+        q, k = aux.query(enc, p_query).numpy(), aux.key(p_key).numpy()
+    # by hand: a query's top-1 is right when its own key is the most similar (dot product) of the batch's keys
+    nearest = [max(range(len(k)), key=lambda j: float(q[i] @ k[j])) for i in range(len(q))]
+    assert metrics["val_top1"] == pytest.approx(sum(j == i for i, j in enumerate(nearest)) / len(q))
+    assert metrics["val_qf_top1"] == 0.0  # the four images have four different QFs: no other image shares one
 
 
 def test_restorer_stage_freezes_the_encoder_and_its_loss_is_l1_plus_fft():

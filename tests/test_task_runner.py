@@ -24,6 +24,45 @@ def run(args, capsys):
     return rc, out.out, out.err
 
 
+def _by_hand(task: str, corruption, n: int) -> tuple[str, float]:
+    """(metric, percent) of the shipped shapes model on the first n test scenes, clean or corrupted, computed here:
+    top-1 by argmax, aAcc by counting pixels, detection mAP by pycocotools' COCOeval run directly."""
+    from datamodules.tasks import ShapesTaskSet
+
+    net = create_task_model(task).net.eval()
+    items = [ShapesTaskSet(task, n, "test", 0, corruption)[i] for i in range(n)]
+    with torch.inference_mode():
+        x = torch.stack([it[0] for it in items]).float() / 255.0
+        if task == "classification":
+            labels = torch.stack([it[2] for it in items])
+            return "top1", 100.0 * (net(x).argmax(1) == labels).double().mean().item()
+        if task == "segmentation":
+            masks = torch.stack([it[2] for it in items])
+            return "aAcc", 100.0 * (net(x).argmax(1) == masks).double().mean().item()
+        outs = net(list(x))
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gts, preds = [], []
+    for i, (it, out) in enumerate(zip(items, outs)):
+        for (x1, y1, x2, y2), c in zip(it[2]["boxes"].tolist(), it[2]["labels"].tolist()):
+            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
+                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
+        preds += [{"image_id": i, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
+                  for (x1, y1, x2, y2), c, s in zip(out["boxes"].tolist(), out["labels"].tolist(),
+                                                    out["scores"].tolist())]
+    coco = COCO()
+    cats = sorted({a["category_id"] for a in gts} | {p["category_id"] for p in preds})
+    coco.dataset = {"images": [{"id": i} for i in range(n)], "categories": [{"id": c} for c in cats],
+                    "annotations": gts}
+    coco.createIndex()
+    ev = COCOeval(coco, coco.loadRes(preds), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    return "map", 100.0 * ev.stats[0]
+
+
 def test_embedded_run_writes_three_boards_and_repeats_exactly(tmp_path, capsys):
     args = ["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10",
             "--n-images", "6", "--leaderboard", str(tmp_path), "--quiet", "--cache-dir", str(tmp_path / "cache")]
@@ -51,8 +90,10 @@ def test_embedded_run_writes_three_boards_and_repeats_exactly(tmp_path, capsys):
         # the restorer's file by content (the task model's weights stay a label in model_weights)
         assert set(df.weights_sha256[df.method == "dncnn"]) == {shipped_sha}
         assert set(df.weights_sha256[df.method != "dncnn"]) == {""}
-        values = df.value.astype(float)
-        assert ((values >= 0) & (values <= 100)).all()
+        for method, codec in (("clean", "none"), ("direct", "jpeg")):  # recomputed outside the runner
+            row = df[(df.method == method) & (df.codec == codec)].set_index("metric").value.astype(float)
+            metric, value = _by_hand(task, None if method == "clean" else Corruption("jpeg", (10,)), 6)
+            assert row[metric] == pytest.approx(value, abs=1e-3), (task, method, metric)
         boards[task] = df
     assert "[detection]" in out and "dmap" in out
     rc, _, _ = run(args, capsys)

@@ -295,12 +295,12 @@ def classification_rates(folder: str | Path, codec: str, qfs, subsampling: str =
     classification run does) encoded by `corruptions.apply` at each QF: mean over images of 8 * bytes / (h * w).
     `n`: the first n files only (rows of `dataset[:n]`); unreadable files are skipped, as the run skips them."""
     from datamodules.corruptions import Corruption, apply
-    from datamodules.sources import ImageError
+    from datamodules.sources import ImageError, imagenet_layout
 
     from datamodules import classification as C
 
     folder = Path(folder)
-    layout = C.imagenet_folders if any(p.is_dir() for p in folder.iterdir()) else C.imagenet_flat
+    layout = C.imagenet_folders if imagenet_layout(folder) == "imagenet" else C.imagenet_flat  # as `run` reads it
     samples = layout(folder).samples
     samples = samples if n is None else samples[:n]
     corruptions = {int(q): Corruption(codec, (int(q),), subsampling=subsampling) for q in qfs}
@@ -323,12 +323,12 @@ def photo_rates(folder: str | Path, codec: str, qfs, subsampling: str = "420", n
     from datamodules.classification import load_rgb_noted
     from datamodules.corruptions import Corruption, apply
     from datamodules.photos import photo_paths
-    from datamodules.sources import SCORABLE_MIN_SIDE, ImageError
+    from datamodules.sources import SCORABLE_MIN_SIDE, ImageError, imagenet_layout
 
     corruptions = {int(q): Corruption(codec, (int(q),), subsampling=subsampling) for q in qfs}
     bits: dict[int, list[float]] = {q: [] for q in corruptions}
     used = 0
-    for path in photo_paths(folder, "imagenet" if any(p.is_dir() for p in Path(folder).iterdir()) else "folder"):
+    for path in photo_paths(folder, "imagenet" if imagenet_layout(folder) == "imagenet" else "folder"):
         if n is not None and used >= n:
             break
         try:
@@ -516,9 +516,11 @@ def _delta_row(board, ref, test, metric, qfs, rate_ref, rate_test, what, files: 
                 bd_rate_pct=f"{pct:.4f}", bd_metric=f"{delta:.6f}", **interval, **context)
 
 
-def fidelity_rows(df: pd.DataFrame, notes: list[str], board_path: Path | None = None) -> list[dict]:
+def fidelity_rows(df: pd.DataFrame, notes: list[str], board_path: Path | None = None,
+                  refused: list[dict] | None = None) -> list[dict]:
     """BD rows of a fidelity board: each method against `jpeg` on the same images, codec and channels; with
-    `board_path` (the board's file), their intervals from the per-image files beside it (per-image bpp too)."""
+    `board_path` (the board's file), their intervals from the per-image files beside it (per-image bpp too).
+    `refused` receives the key of each curve the metrics refuse (its old row on bdrate.csv is stale)."""
     rows = []
     files = None if board_path is None else PointFiles(board_path, leaderboard.FIDELITY_KEY, rate="bpp")
     df = _single_pass(df)
@@ -552,6 +554,7 @@ def fidelity_rows(df: pd.DataFrame, notes: list[str], board_path: Path | None = 
                                                [test[q]["bpp"] for q in part], what, files, curves, **context))
                     except BDError as e:
                         notes.append(str(e))
+                        _refused(refused, "fidelity", metric, part, context)
     return rows
 
 
@@ -579,7 +582,7 @@ def _rows_by_qf(rows: pd.DataFrame, metric: str) -> dict[int, dict]:
 
 def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | None,
                         progress: bool = False, board: str = "classification",
-                        board_path: Path | None = None) -> list[dict]:
+                        board_path: Path | None = None, refused: list[dict] | None = None) -> list[dict]:
     """BD rows of the classification board: each method against `direct` (the classifier on the compressed
     crops), top-1 and top-5 vs the crops' bpp (computed once per dataset, codec and QF set). `board="detection"`:
     the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp. With
@@ -640,20 +643,31 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
                                                **context))
                     except BDError as e:
                         notes.append(str(e))
+                        _refused(refused, board, metric, part, context)
     return rows
 
 
-def build(boards: Path, imagenet: Path | None = None, progress: bool = False) -> tuple[list[dict], list[str]]:
-    """(bdrate rows, notes on the curves left out and why) from a folder of boards."""
+def _refused(refused: list[dict] | None, board: str, metric: str, qfs, context: dict) -> None:
+    """The bdrate key of a curve the metrics refuse (not monotonic, no overlap, ...)."""
+    if refused is not None:
+        row = _row(board=board, metric=metric, qf_range=_qf_range(qfs), **context)
+        refused.append({k: row.get(k, "") for k in BDRATE_KEY})
+
+
+def build(boards: Path, imagenet: Path | None = None, progress: bool = False,
+          refused: list[dict] | None = None) -> tuple[list[dict], list[str]]:
+    """(bdrate rows, notes on the curves left out and why) from a folder of boards; `refused` receives the keys
+    of the curves the metrics refuse (`remove_refused` deletes their stale rows)."""
     notes: list[str] = []
-    rows = fidelity_rows(leaderboard.read(boards / "fidelity.csv", "fidelity"), notes, boards / "fidelity.csv") \
-        if (boards / "fidelity.csv").exists() else []
+    rows = fidelity_rows(leaderboard.read(boards / "fidelity.csv", "fidelity"), notes, boards / "fidelity.csv",
+                         refused) if (boards / "fidelity.csv").exists() else []
     if (boards / "classification.csv").exists():
         rows += classification_rows(leaderboard.read(boards / "classification.csv", "classification"), notes,
-                                    imagenet, progress, board_path=boards / "classification.csv")
+                                    imagenet, progress, board_path=boards / "classification.csv", refused=refused)
     if (boards / "detection.csv").exists():
         rows += classification_rows(leaderboard.read(boards / "detection.csv", "detection"), notes, imagenet,
-                                    progress, board="detection", board_path=boards / "detection.csv")
+                                    progress, board="detection", board_path=boards / "detection.csv",
+                                    refused=refused)
     return rows, notes
 
 
@@ -663,6 +677,12 @@ def write(path: Path, rows: list[dict]) -> Path:
                        columns=BDRATE_COLUMNS, dtype=str)
     leaderboard.validate(new, BDRATE_SCHEMA, f"rows for {path}")
     return leaderboard.upsert(path, rows, key=BDRATE_KEY, columns=BDRATE_COLUMNS)
+
+
+def remove_refused(path: Path, refused: list[dict]) -> int:
+    """Delete the rows of curves the metrics now refuse (a row measured when the curve still passed is stale);
+    the number deleted."""
+    return leaderboard.remove(path, refused, BDRATE_KEY)
 
 
 def read(path: Path) -> pd.DataFrame:

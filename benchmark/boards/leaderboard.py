@@ -15,6 +15,9 @@ from pathlib import Path
 import pandas as pd
 from filelock import FileLock
 
+# where boards go: a light module, so that `benchmark.cli.usage` checks the target before the heavy imports
+from benchmark.boards.targets import RESULTS_ENV, fidelity_target, user_results_dir  # noqa: F401
+
 # weights_sha256: the first 12 hex digits of the sha256 of the weights file that produced a measured row ("" for
 # methods without a file, `jpeg` and source=paper rows); part of the key, so two different files of one name never
 # share a row. Boards written before it existed read it as "" (`benchmark migrate-boards` fills it in).
@@ -140,24 +143,6 @@ def default_path(board: str = "fidelity") -> Path:
     return LEADERBOARD_DIR / f"{board}.csv"
 
 
-RESULTS_ENV = "CARBENCH_RESULTS"
-
-
-def user_results_dir() -> Path:
-    """Where `benchmark run` / `compare` write without --leaderboard: $CARBENCH_RESULTS, else ./carbench-results/
-    (the committed boards in leaderboards/ change only when --leaderboard names them)."""
-    return Path(os.environ.get(RESULTS_ENV) or "carbench-results")
-
-
-def fidelity_target(leaderboard: str | None) -> Path:
-    """The fidelity CSV a run writes: --leaderboard FILE, --leaderboard DIR (its fidelity.csv), else the user's."""
-    if not leaderboard:
-        return user_results_dir() / "fidelity.csv"
-    if leaderboard.endswith(("/", os.sep)) or Path(leaderboard).is_dir():
-        return Path(leaderboard) / "fidelity.csv"
-    return Path(leaderboard)
-
-
 def git_commit() -> str:
     """The commit a row is measured at (`<commit>-dirty+<diff digest>` from a modified tree)."""
     from benchmark.boards import provenance
@@ -235,6 +220,24 @@ def upsert(path: str | os.PathLike, rows: list[dict], key: list[str] = FIDELITY_
         merged = merged.sort_values(key, kind="stable").reset_index(drop=True)
         _write_atomic(path, merged)
     return path
+
+
+def remove(path: str | os.PathLike, rows: list[dict], key: list[str]) -> int:
+    """Delete the board's rows whose key values are those of one of `rows` (atomic and locked); the number
+    deleted."""
+    path = Path(path)
+    drop = {tuple(_fmt(r.get(k, "")) for k in key) for r in rows}
+    if not drop or not path.exists():
+        return 0
+    with FileLock(str(path) + ".lock", timeout=120):
+        old = read(path)
+        if old.empty:
+            return 0
+        keep = [tuple(k) not in drop for k in old[key].values.tolist()]
+        n = len(keep) - sum(keep)
+        if n:
+            _write_atomic(path, old.loc[keep].reset_index(drop=True))
+    return n
 
 
 def _write_atomic(path: Path, df: pd.DataFrame) -> None:

@@ -6,27 +6,29 @@ import sys
 from pathlib import Path
 
 from benchmark.boards import leaderboard
-from benchmark.boards.bdrate import build, format_table, interval_summary, write
-
-
-def target(leaderboard_arg: str | None) -> Path:
-    if not leaderboard_arg:
-        return leaderboard.user_results_dir() / "bdrate.csv"
-    p = Path(leaderboard_arg)
-    return p / "bdrate.csv" if leaderboard_arg.endswith(("/", "\\")) or p.is_dir() else p
+from benchmark.boards.bdrate import build, format_table, interval_summary, remove_refused, write
+from benchmark.boards.targets import bdrate_target as target
 
 
 def main(args) -> int:
     from datamodules.classification import default_imagenet_folder
+    from datamodules.sources import DatasetError
 
-    boards = Path(args.boards) if args.boards else leaderboard.LEADERBOARD_DIR
+    boards = Path(args.boards) if args.boards is not None else leaderboard.LEADERBOARD_DIR
     imagenet = Path(args.imagenet) if args.imagenet else default_imagenet_folder()
+    refused: list[dict] = []
     try:
-        rows, notes = build(boards, imagenet, progress=not args.quiet)
+        rows, notes = build(boards, imagenet, progress=not args.quiet, refused=refused)
     except leaderboard.LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (DatasetError, FileNotFoundError) as e:  # the ImageNet folder the rates are computed from
+        print(f"error: --imagenet {imagenet}: {e}", file=sys.stderr)
+        return 2
     out = target(args.leaderboard)
+    removed = remove_refused(out, refused)  # a curve refused now: its row from an earlier run is stale
+    if removed:
+        print(f"{removed} row(s) of refused curves removed from {out} (see `left out` below)")
     if rows:
         write(out, rows)
         print(format_table(rows))

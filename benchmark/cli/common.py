@@ -82,12 +82,9 @@ def _print_dry_run(header: list[str], jobs: list[tuple], what: str) -> int:
 
 def imagenet_dataset(folder: str) -> str:
     """`imagenet:DIR` for wnid sub-folders (ImageNet val), else `imagenet-flat:DIR` (`<wnid>_*.JPEG`)."""
-    import re
-    from pathlib import Path
+    from datamodules.sources import imagenet_layout
 
-    path = Path(folder)
-    wnid_dirs = path.is_dir() and any(p.is_dir() and re.fullmatch(r"n\d{8}", p.name) for p in path.iterdir())
-    return f"{'imagenet' if wnid_dirs else 'imagenet-flat'}:{folder}"
+    return f"{imagenet_layout(folder)}:{folder}"
 
 
 def _qf_range(text: str) -> tuple[int, int]:

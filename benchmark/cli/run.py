@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 from benchmark.cli.common import (
     EXIT_FAILED,
@@ -79,26 +80,24 @@ def main(args) -> int:
                           tile=args.tile, memory_budget=args.memory_budget)
     t0 = time.time()
     profile: dict = {}
+    writer = BoardWriter(leaderboard.fidelity_target(args.leaderboard), "fidelity", leaderboard.FIDELITY_KEY,
+                         leaderboard.FIDELITY_COLUMNS)
     try:
-        rows, failures = run_fidelity(req, profile)
+        _, failures = run_fidelity(req, profile, on_rows=writer)  # each finished job's rows written as it ends
     except SetLevelDDPError as e:  # fid/kid with several devices: checked before any job
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (PerceptualWeightsMissing, PerceptualWeightsError, MissingExtra) as e:  # checked before any job
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    rows, bad_rows = leaderboard.split_valid(rows)  # a row the board refuses must not cost the others
-    path = None
-    notes = []
-    if rows:  # written before anything else can go wrong: measured rows are never lost
-        target = leaderboard.fidelity_target(args.leaderboard)
-        notes = _per_image(target, "fidelity", rows, leaderboard.FIDELITY_KEY)
-        path = leaderboard.upsert(target, rows)
+    except KeyboardInterrupt:
+        return _interrupted([writer])
+    rows = writer.rows
     print(format_table(rows))
-    for note in notes:
+    for note in writer.notes:
         print(f"note: {note}")
-    if path is not None:
-        print(f"\n{len(rows)} rows -> {path}{_board_hint(args.leaderboard)}")
+    if writer.written:
+        print(f"\n{writer.written} rows -> {writer.path}{_board_hint(args.leaderboard)}")
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         n = max(r["n_skipped"] for r in rows if r["dataset"] == dataset)
         if n:
@@ -109,25 +108,101 @@ def main(args) -> int:
                   f"(n_gray; see the warning above)")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
-    for msg in bad_rows:
+    for msg in writer.bad:
         print(f"FAILED, not written: {msg}", file=sys.stderr)
+    unwritten = writer.finish()
     total = time.time() - t0
     cached = profile["cached_reference_jobs"]
     print(f"done in {total:.1f} s (model forwards {profile['forward_seconds']:.1f} s, "
           f"{100 * profile['forward_seconds'] / max(total, 1e-9):.0f} %"
           + (f"; {cached} reference job(s) read from the score cache" if cached else "") + ")")
-    return EXIT_FAILED if failures or bad_rows else 0
+    return EXIT_FAILED if failures or writer.bad or unwritten else 0
 
 
-def _per_image(board_path, board: str, rows: list[dict], key) -> list[str]:
-    """Per-image files beside the board and the rows' paired delta columns (benchmark.boards.per_image); a failure
-    here never costs the rows themselves, which are written next."""
+class BoardWriter:
+    """`on_rows` of the runners: each finished job's valid rows get their per-image files and delta columns, then
+    go onto the board at once, so an interrupted run keeps its finished jobs (a re-run upserts the same keys: the
+    final board is the same). A write that fails (disk full, folder made read-only mid-run) keeps the rows in
+    memory (`rows`, printed at the end), says so naming the board, and is retried after the next job and at the
+    end; the remaining jobs still run."""
+
+    def __init__(self, path, board: str, key, columns, enabled: bool = True):
+        self.path, self.board, self.key, self.columns, self.enabled = Path(path), board, key, columns, enabled
+        self.rows: list[dict] = []  # every valid row of this run, in job order
+        self.pending: list[dict] = []  # rows not on the board yet
+        self.bad: list[str] = []  # rows the board's schema refuses (never written)
+        self.notes: list[str] = []
+        self.written = 0
+        self.error: Exception | None = None
+
+    def __call__(self, job_rows: list[dict]) -> None:
+        from benchmark.boards import leaderboard
+
+        good, bad = leaderboard.split_valid(job_rows, self.columns)  # one bad row costs only itself
+        self.bad += bad
+        self.rows += good
+        if not good or not self.enabled:
+            return
+        # a row's reference (jpeg / direct) may be on the board from an earlier job, or still pending here
+        self.notes += _per_image(self.path, self.board, good, self.key, self.pending)
+        self.pending += good
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write the pending rows; False (the error kept and reported once) when the board refuses them."""
+        from benchmark.boards import leaderboard
+
+        if not self.pending:
+            return True
+        try:
+            leaderboard.upsert(self.path, self.pending, self.key, self.columns)
+        except (OSError, leaderboard.LeaderboardError) as e:
+            if self.error is None:
+                print(f"error: {self.path} cannot be written ({e}); {len(self.pending)} row(s) kept in memory, "
+                      f"retried after the next job; the run goes on", file=sys.stderr)
+            self.error = e
+            return False
+        if self.error is not None:
+            print(f"note: {self.path}: the write retried and succeeded ({len(self.pending)} row(s))",
+                  file=sys.stderr)
+        self.written += len(self.pending)
+        self.pending, self.error = [], None
+        return True
+
+    def finish(self) -> int:
+        """The last try; the number of rows still not written (each named on stderr; the table above shows them)."""
+        from benchmark.boards import leaderboard
+
+        if self.flush() or not self.pending:
+            return 0
+        print(f"error: {self.path} cannot be written ({self.error}): {len(self.pending)} row(s) not written (their "
+              f"values are in the table above; free space or fix the folder, then re-run):", file=sys.stderr)
+        for r in self.pending:
+            print("  not written: " + " ".join(f"{k}={leaderboard._fmt(r.get(k, ''))}" for k in self.key
+                                               if leaderboard._fmt(r.get(k, "")) != ""), file=sys.stderr)
+        return len(self.pending)
+
+
+def _interrupted(writers: list[BoardWriter]) -> int:
+    """Ctrl-C / SIGINT: the finished jobs' rows are on their boards already; the job under way is lost."""
+    for w in writers:
+        w.flush()
+        kept = f"{w.written} row(s) of finished jobs kept on {w.path}" if w.written else f"nothing written to {w.path}"
+        lost = f"; {len(w.pending)} row(s) not written ({w.error})" if w.pending else ""
+        print(f"interrupted: {kept}{lost}; a re-run redoes the unfinished jobs", file=sys.stderr)
+    return 130
+
+
+def _per_image(board_path, board: str, rows: list[dict], key, pending: list[dict] = ()) -> list[str]:
+    """Per-image files beside the board and the rows' paired delta columns (benchmark.boards.per_image), the
+    references looked up among the rows, `pending` (this run's rows not on the board yet) and the board's rows; a
+    failure here never costs the rows themselves, which are written next."""
     from benchmark.boards import leaderboard, per_image
 
     try:
-        existing = leaderboard.read(board_path).to_dict("records")
+        existing = list(pending) + leaderboard.read(board_path).to_dict("records")
     except (leaderboard.LeaderboardError, OSError):
-        existing = []
+        existing = list(pending)
     try:
         return per_image.record(board_path, board, rows, key, existing)
     except Exception as e:  # noqa: BLE001
@@ -163,32 +238,36 @@ def _run_tasks(args, methods, corruptions) -> int:
                       progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids,
                       seg_mode=args.seg_mode, add_reference=not args.no_reference, memory_budget=args.memory_budget)
     t0 = time.time()
-    rows, failures = run_tasks(req)
-    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 reports and writes
+    folder = args.leaderboard or str(leaderboard.user_results_dir())
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # DDP: rank 0 reports and writes
+    writers = {t: BoardWriter(f"{folder}/{t}.csv", t, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS, rank0)
+               for t in tasks}
+    try:
+        _, failures = run_tasks(req, on_rows=lambda task, job_rows: writers[task](job_rows))  # written per job
+    except KeyboardInterrupt:
+        return _interrupted([w for w in writers.values() if w.rows]) if rank0 else 130
+    if not rank0:
         return EXIT_FAILED if failures else 0
-    bad_rows = []
-    for task, task_rows in rows.items():
-        task_rows, bad = leaderboard.split_valid(task_rows, leaderboard.TASK_COLUMNS)  # one bad row costs only itself
-        bad_rows += bad
-        path = None
-        if task_rows:  # written first: measured rows are never lost
-            folder = args.leaderboard or str(leaderboard.user_results_dir())
-            notes = _per_image(f"{folder}/{task}.csv", task, task_rows, leaderboard.TASK_KEY)
-            path = leaderboard.upsert(f"{folder}/{task}.csv", task_rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    unwritten = 0
+    for task, writer in writers.items():
+        task_rows = writer.rows
         print(format_task_table(task, task_rows))
-        for note in notes if task_rows else ():
+        for note in writer.notes:
             print(f"note: {note}")
-        if path is not None:
+        unwritten += writer.finish()
+        if writer.written:
             from benchmark.boards.plots import plot_task_board
 
+            path = writer.path
             first = task_rows[0]  # its headline metric (top1, map or consistency_map), data set and model
             png = plot_task_board(path, first["metric"], path.with_suffix(".png"), first["dataset"],
                                   model=first["model"])
-            print(f"{len(task_rows)} rows -> {path}" + (f" (plot: {png})" if png else "") +
+            print(f"{writer.written} rows -> {path}" + (f" (plot: {png})" if png else "") +
                   _board_hint(args.leaderboard) + "\n")
     for f in failures:
         print(f"FAILED {f.method} on {f.dataset}: {f.error}", file=sys.stderr)
+    bad_rows = [msg for w in writers.values() for msg in w.bad]
     for msg in bad_rows:
         print(f"FAILED, not written: {msg}", file=sys.stderr)
     print(f"done in {time.time() - t0:.1f} s")
-    return EXIT_FAILED if failures or bad_rows else 0
+    return EXIT_FAILED if failures or bad_rows or unwritten else 0

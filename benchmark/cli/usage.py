@@ -152,6 +152,26 @@ def board_folder(leaderboard: str | None, task: bool) -> None:
         raise UsageError(why)
 
 
+def writable_boards(leaderboard: str | None, boards: list[Path], flag: str = "--leaderboard") -> None:
+    """Every board the command writes must be writable, checked before anything is computed (a run that cannot
+    write its rows would lose them all at the end)."""
+    from benchmark.boards.targets import RESULTS_ENV, unwritable
+
+    for board in boards:
+        why = unwritable(board)
+        if why:
+            where = f"{flag} {leaderboard}: " if leaderboard else \
+                f"the default board folder (${RESULTS_ENV} or ./carbench-results/): "
+            raise UsageError(f"{where}{board} cannot be written ({why}); name a writable folder with {flag} DIR")
+
+
+def run_boards(args: argparse.Namespace) -> list[Path]:
+    """The boards `benchmark run` writes."""
+    from benchmark.boards.targets import fidelity_target, task_targets
+
+    return task_targets(args.leaderboard, _csv(args.task)) if args.task else [fidelity_target(args.leaderboard)]
+
+
 def check_run(args: argparse.Namespace) -> None:
     board_folder(args.leaderboard, bool(args.task))
     corruptions(args.qf, args.passes, args.codec, args.seed, args.subsampling)
@@ -163,14 +183,16 @@ def check_run(args: argparse.Namespace) -> None:
         wnids(args.wnids)
     if not args.task:
         fidelity_datasets(args.dataset, args.data_root)
-        return
-    tasks = _csv(args.task)
-    if args.qf_override is not None:
-        raise UsageError("--qf-override applies to fidelity runs, not --task runs")
-    task_leaderboard(args.leaderboard)
-    task_dataset(tasks, run_dataset(args, tasks))
-    if args.task_model:
-        task_model(tasks, args.task_model)
+    else:
+        tasks = _csv(args.task)
+        if args.qf_override is not None:
+            raise UsageError("--qf-override applies to fidelity runs, not --task runs")
+        task_leaderboard(args.leaderboard)
+        task_dataset(tasks, run_dataset(args, tasks))
+        if args.task_model:
+            task_model(tasks, args.task_model)
+    if not args.dry_run:  # a dry run writes nothing
+        writable_boards(args.leaderboard, run_boards(args))
 
 
 COMPARE_RUN_DEFAULTS = {"baselines": "all", "qf": "10,20,30,40", "dataset": "samples", "data_root": None,
@@ -267,10 +289,21 @@ def check_bench(args: argparse.Namespace) -> None:
     positive(args, "images", "full_images", "repeat", "map_images")
 
 
+BDRATE_BOARDS = ("fidelity.csv", "classification.csv", "detection.csv")  # the boards `bdrate` reads
+
+
 def check_bdrate(args: argparse.Namespace) -> None:
+    from benchmark.boards.provenance import COMMITTED_BOARDS
+    from benchmark.boards.targets import bdrate_target
+
     for flag, value in (("--boards", args.boards), ("--imagenet", args.imagenet)):
-        if value and not Path(value).is_dir():
+        if value is not None and not (value and Path(value).is_dir()):
             raise UsageError(f"{flag} {value}: folder does not exist")
+    boards = Path(args.boards) if args.boards is not None else COMMITTED_BOARDS
+    if not any((boards / name).is_file() for name in BDRATE_BOARDS):
+        flag = f"--boards {args.boards}" if args.boards is not None else f"the default --boards {boards}"
+        raise UsageError(f"{flag}: holds no board ({', '.join(BDRATE_BOARDS)}): name the folder the boards are in")
+    writable_boards(args.leaderboard, [bdrate_target(args.leaderboard)])
 
 
 CHECKS = {"run": check_run, "compare": check_compare, "train": check_train, "check": check_check,

@@ -3,13 +3,14 @@ runner and its evaluator.
 
 One job = one (method, dataset): a single `Trainer.test` over one dataloader per corruption. A failing job (bad
 weights, NaN output, missing data) is reported with its culprit and the other jobs go on; every finished job's rows
-are written.
+are handed to `on_rows` as the job ends (the CLI writes them then: an interrupted run keeps its finished jobs).
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -129,9 +130,11 @@ class FidelityEvaluator(L.LightningModule):
 
 
 
-def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[list[dict], list[JobFailure]]:
+def run_fidelity(req: FidelityRequest, profile: dict | None = None,
+                 on_rows: Callable[[list[dict]], None] | None = None) -> tuple[list[dict], list[JobFailure]]:
     """Rows and failures; `profile` (a dict) receives seconds spent in model forwards and the reference jobs served
-    from the score cache."""
+    from the score cache; `on_rows(job_rows)` is called with each finished job's rows (in job order: a dataset's
+    reference job first), before the next job starts."""
     quiet_lightning()
     metrics = fidelity_metrics(req.metrics)  # unknown names: ValueError listing the known ones
     one_process = single_process(req.devices, req.strategy)
@@ -171,9 +174,13 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
                 cached = reference_scores.results(dm.records, req.corruptions) if cacheable else None
                 if cached is not None:  # the reference scores the corruption itself: nothing to recompute
                     profile["cached_reference_jobs"] += 1
+                    job_rows = []
                     for c, res in zip(req.corruptions, cached):
-                        rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
-                        rows[-1][per_image.KEY] = _per_image(dm.records, res.get("per_image"))
+                        job_rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, time.time() - t0))
+                        job_rows[-1][per_image.KEY] = _per_image(dm.records, res.get("per_image"))
+                    rows += job_rows
+                    if on_rows is not None:
+                        on_rows(job_rows)
                     continue
                 evaluator = FidelityEvaluator(restorer, len(req.corruptions), req.channels, metrics,
                                               req.inception_weights, req.tile, req.memory_budget)
@@ -190,9 +197,13 @@ def run_fidelity(req: FidelityRequest, profile: dict | None = None) -> tuple[lis
             if is_ref and one_process:
                 reference_scores.store(dm.records, req.corruptions, evaluator.per_image)
             seconds = time.time() - t0
+            job_rows = []
             for c, res, values in zip(req.corruptions, evaluator.results, evaluator.per_image):
-                rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
-                rows[-1][per_image.KEY] = _per_image(dm.records, values)
+                job_rows.append(_row(restorer, dataset, req.channels, c, res, dm, versions, seconds))
+                job_rows[-1][per_image.KEY] = _per_image(dm.records, values)
+            rows += job_rows
+            if on_rows is not None and job_rows:
+                on_rows(job_rows)
     return rows, failures
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,8 +218,10 @@ def _resaved(c: Corruption, resave: bool) -> Corruption:
     return Corruption(c.codec, c.qf + (IMAGENET_C_RESAVE_QF,), subsampling=c.subsampling, seed=c.seed) if resave else c
 
 
-def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]]:
-    """-> ({task: rows}, failures)."""
+def run_tasks(req: TaskRequest, on_rows: Callable[[str, list[dict]], None] | None = None
+              ) -> tuple[dict[str, list[dict]], list[JobFailure]]:
+    """-> ({task: rows}, failures); `on_rows(task, job_rows)` is called with each finished job's rows (a task's
+    `direct` job first), before the next job starts."""
     quiet_lightning()
     kind = check_request(req.tasks, req.dataset)
     corruptions = [_resaved(c, req.imagenet_c_resave and kind != "shapes") for c in req.corruptions]
@@ -273,9 +276,13 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
                 if cached is not None and any("per_image" not in r for r in cached):
                     cached = None  # stored before per-image values were kept: score again, once
                 if cached is not None:  # nothing in the loop changes these: the task model on (corrupted) images
+                    job_rows = []
                     for c, res in zip(job, cached):
-                        rows[task] += _rows(task, tm, scored, req, c, res, versions, time.time() - t0,
-                                            images(task, items))
+                        job_rows += _rows(task, tm, scored, req, c, res, versions, time.time() - t0,
+                                          images(task, items))
+                    rows[task] += job_rows
+                    if on_rows is not None and job_rows:
+                        on_rows(task, job_rows)
                     continue
                 # photos: the clean row scores the clean detections already made for the ground truth
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
@@ -299,8 +306,12 @@ def run_tasks(req: TaskRequest) -> tuple[dict[str, list[dict]], list[JobFailure]
             if stored is not None:
                 stored.store(job, results)
             seconds = time.time() - t0
+            job_rows = []
             for c, res in zip(job, results):
-                rows[task] += _rows(task, tm, scored, req, c, res, versions, seconds, images(task, items))
+                job_rows += _rows(task, tm, scored, req, c, res, versions, seconds, images(task, items))
+            rows[task] += job_rows
+            if on_rows is not None and job_rows:
+                on_rows(task, job_rows)
     return rows, failures
 
 
