@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark.boards import provenance
     from benchmark.cli.usage import UsageError, check
 
-    provenance.set_command(list(sys.argv[1:] if argv is None else argv))  # each row records the command
+    # (not `list(...)`: importing the sub-command module benchmark.cli.list rebinds `list` in this package)
+    provenance.set_command([*(sys.argv[1:] if argv is None else argv)])  # each row records the command
     try:  # before the command's module (torch, Lightning, ...) is imported: a typo is answered at once
         check(args)
     except UsageError as e:
