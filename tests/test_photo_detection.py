@@ -15,6 +15,7 @@ from PIL import Image
 from benchmark.metrics.detection import LABEL_PROXY_SCORE, DetectionMAP, LabelProxy
 from datamodules.detection import coco_categories
 from datamodules.photos import PhotoDetectionSet, WithPseudoBoxes
+from tests.coco_reference import coco_map
 
 CAT, PERSON, DOG = 17, 1, 18  # COCO category ids
 
@@ -114,38 +115,22 @@ def _consistency_map_by_hand(folder, model: str, qf: int) -> float:
     """Consistency mAP (percent) recomputed outside the runner: the detector on each photo, clean and at JPEG `qf`
     (datamodules.corruptions.apply), the clean detections scoring >= LABEL_PROXY_SCORE as ground truth, and
     pycocotools' COCOeval run directly on the boxes."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     from datamodules.corruptions import Corruption, apply
     from lightning_modules.task_models import create_task_model
 
     with pytest.warns(UserWarning):
         photos = PhotoDetectionSet(folder, "imagenet-flat")
     net = create_task_model("detection", model).net.eval()
-    gts, preds = [], []
+    truths, outputs = [], []
     with torch.inference_mode():
         for i in range(len(photos)):
             px = photos[i][0]
             jpeg = torch.from_numpy(apply(px.permute(1, 2, 0).numpy(), Corruption("jpeg", (qf,)))[0]).permute(2, 0, 1)
             (clean,), (out,) = net([px.float() / 255.0]), net([jpeg.float() / 255.0])
             keep = clean["scores"] >= LABEL_PROXY_SCORE
-            for (x1, y1, x2, y2), c in zip(clean["boxes"][keep].tolist(), clean["labels"][keep].tolist()):
-                gts.append({"id": len(gts) + 1, "image_id": i, "category_id": int(c), "iscrowd": 0,
-                            "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-            preds += [{"image_id": i, "category_id": int(c), "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-                      for (x1, y1, x2, y2), c, s in zip(out["boxes"].tolist(), out["labels"].tolist(),
-                                                        out["scores"].tolist())]
-    coco = COCO()
-    cats = sorted({a["category_id"] for a in gts} | {p["category_id"] for p in preds})
-    coco.dataset = {"images": [{"id": i} for i in range(len(photos))], "categories": [{"id": c} for c in cats],
-                    "annotations": gts}
-    coco.createIndex()
-    ev = COCOeval(coco, coco.loadRes(preds), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return 100.0 * ev.stats[0]
+            truths.append({"boxes": clean["boxes"][keep], "labels": clean["labels"][keep]})
+            outputs.append(out)
+    return 100.0 * coco_map(truths, outputs)
 
 
 @pytest.mark.parametrize("model", ["centernet_mbv3", "nanodet_g"])

@@ -14,6 +14,7 @@ from benchmark.evaluate.tasks import TaskRequest, run_tasks
 from datamodules.corruptions import Corruption
 from lightning_modules import task_models
 from lightning_modules.task_models import TaskModel, TaskModelError, create_task_model
+from tests.coco_reference import coco_map
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -40,27 +41,7 @@ def _by_hand(task: str, corruption, n: int) -> tuple[str, float]:
             masks = torch.stack([it[2] for it in items])
             return "aAcc", 100.0 * (net(x).argmax(1) == masks).double().mean().item()
         outs = net(list(x))
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gts, preds = [], []
-    for i, (it, out) in enumerate(zip(items, outs)):
-        for (x1, y1, x2, y2), c in zip(it[2]["boxes"].tolist(), it[2]["labels"].tolist()):
-            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-        preds += [{"image_id": i, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-                  for (x1, y1, x2, y2), c, s in zip(out["boxes"].tolist(), out["labels"].tolist(),
-                                                    out["scores"].tolist())]
-    coco = COCO()
-    cats = sorted({a["category_id"] for a in gts} | {p["category_id"] for p in preds})
-    coco.dataset = {"images": [{"id": i} for i in range(n)], "categories": [{"id": c} for c in cats],
-                    "annotations": gts}
-    coco.createIndex()
-    ev = COCOeval(coco, coco.loadRes(preds), "bbox")
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return "map", 100.0 * ev.stats[0]
+    return "map", 100.0 * coco_map([it[2] for it in items], outs)
 
 
 def test_embedded_run_writes_three_boards_and_repeats_exactly(tmp_path, capsys):

@@ -15,6 +15,7 @@ from lightning_modules import create
 from lightning_modules.task_models.detector import build_compact_detector
 from lightning_modules.task_models.pspnet import PSPNet, normalize
 from lightning_modules.task_models import ShapesClassifier
+from tests.coco_reference import coco_map
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -69,29 +70,7 @@ def _by_hand(task: str, net, corruption, n: int) -> float:
                     ious.append(inter / union)
             return sum(ious) / len(ious)
         outs = net(list(x))
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    gts, preds = [], []
-    for i, (it, out) in enumerate(zip(items, outs)):
-        for (x1, y1, x2, y2), c in zip(it[2]["boxes"].tolist(), it[2]["labels"].tolist()):
-            gts.append({"id": len(gts) + 1, "image_id": i, "category_id": c, "iscrowd": 0,
-                        "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1)})
-        preds += [{"image_id": i, "category_id": c, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s}
-                  for (x1, y1, x2, y2), c, s in zip(out["boxes"].tolist(), out["labels"].tolist(),
-                                                    out["scores"].tolist())]
-    coco = COCO()
-    cats = sorted({a["category_id"] for a in gts} | {p["category_id"] for p in preds})
-    coco.dataset = {"images": [{"id": i} for i in range(n)], "categories": [{"id": c} for c in cats],
-                    "annotations": gts}
-    coco.createIndex()
-    ev = COCOeval(coco, coco.loadRes(preds), "bbox") if preds else None
-    if ev is None:
-        return 0.0
-    ev.evaluate()
-    ev.accumulate()
-    ev.summarize()
-    return max(ev.stats[0], 0.0)
+    return max(coco_map([it[2] for it in items], outs), 0.0)
 
 
 def test_tiled_restoration_equals_whole_image():
