@@ -150,3 +150,21 @@ def test_every_interval_shown_has_its_per_image_file(board):
 
 def test_the_readme_stays_a_front_page():
     assert len(README.splitlines()) <= 220  # details go to the guide (benchmark/README.md)
+
+
+def test_bd_rate_sentence_is_the_board():
+    """`dncnn saves 12.7 % [12.0, 13.4]`: minus the BD-rate of the LIVE1 PSNR curve over QF 5-50, with its interval."""
+    from benchmark.boards import bdrate
+
+    board = bdrate.read(BOARDS / "bdrate.csv")
+    rows = board[(board.board == "fidelity") & (board.dataset == "live1") & (board.metric == "psnr") &
+                 (board.qf_range == "5-50") & (board.source == "measured")]
+    sentence = README[README.index("Worth in bits"):]
+    sentence = " ".join(sentence[:sentence.index("([how]")].split())  # one line: names and numbers wrap
+    found = re.findall(r"(\w+) (?:saves )?(\d+\.\d) % \[(\d+\.\d), (\d+\.\d)\]", sentence)
+    assert len(found) == 6
+    for method, value, lo, hi in found:
+        row = rows[(rows.method == method) & (rows.preset == "compact")].iloc[0]
+        neg = lambda c: str(-Decimal(c))  # a saving is a negative BD-rate
+        assert (value, lo, hi) == (_rounded(neg(row.bd_rate_pct), 1), _rounded(neg(row.bd_rate_hi), 1),
+                                   _rounded(neg(row.bd_rate_lo), 1)), method
