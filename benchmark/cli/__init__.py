@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="re-run the embedded suite and compare with the committed leaderboards "
                                      "(exit 1 on a regression beyond leaderboards/tolerances.yaml)")
-    c.add_argument("--suite", default=None, help="comma list: fidelity, tasks, imagenet (default all; imagenet runs "
-                   "where the ImageNet sample is: $CARBENCH_IMAGENET or ../shared)")
-    c.add_argument("--method", default=None, help="only these methods in the fidelity suite (the rows named)")
+    c.add_argument("--suite", default=None, help="comma list: fidelity, tasks (the embedded default), headline (the "
+                   "README tables' rows: headline-fidelity, headline-classification, headline-detection; they run "
+                   "where the test sets / ImageNet sample / detector files are); default all")
+    c.add_argument("--method", default=None, help="only these methods in every run of the suites (the rows named)")
     c.add_argument("--committed", default=None, help="folder of the boards to compare with (default leaderboards/)")
     c.add_argument("--tolerances", default=None, help="tolerance file (default leaderboards/tolerances.yaml)")
     c.add_argument("--all", action="store_true", help="print every compared value, not only regressions")

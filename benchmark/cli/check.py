@@ -10,69 +10,103 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# the suites (SUITE, IMAGENET_SUITE) live in benchmark.cli.common: the command line checks --suite before the boards
-# (pandas) are imported, which happens when a check runs
-from benchmark.cli.common import EXIT_USAGE, IMAGENET_SUITE, SUITE, _csv  # noqa: F401 -- IMAGENET_SUITE re-exported
+# the suites live in benchmark.cli.common: the command line checks --suite before the boards (pandas) are imported,
+# which happens when a check runs
+from benchmark.cli.common import EXIT_USAGE, SUITE, _csv, expand_suites
 
 if TYPE_CHECKING:
     from benchmark.boards.check import Finding
 
 
+def missing_needs(need: str) -> tuple[str | None, list[str]]:
+    """(why a run with this need cannot run here, or None; the `--dataset` arguments it gets)."""
+    if need == "":
+        return None, []
+    if need == "test-sets":
+        from datamodules.sources import default_data_root
+
+        return (None, []) if default_data_root() else ("no test sets: set $CARBENCH_DATA or --data-root", [])
+    from datamodules.classification import default_imagenet_folder
+
+    folder = default_imagenet_folder()
+    if folder is None:
+        return "no ImageNet sample: set $CARBENCH_IMAGENET", []
+    if need == "centernet":
+        from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+
+        try:
+            human_model_files("centernet")
+        except HumanModelsError as e:
+            return str(e), []
+    return None, ["--dataset", f"imagenet-flat:{folder}"]
+
+
+def methods_with_weights(spec: str) -> tuple[list[str], list[str]]:
+    """(the methods of a comma list that can run here, those left out because their weights file is not found)."""
+    from lightning_modules.registry import find_weights, resolve_preset
+
+    keep, lost = [], []
+    for m in _csv(spec):
+        try:
+            _, _, preset = resolve_preset(m)
+        except ValueError:  # jpeg, direct and other names the runner itself knows (MethodError)
+            keep.append(m)
+            continue
+        (keep if preset.self_contained or not preset.weights or find_weights(preset.weights) else lost).append(m)
+    return keep, lost
+
+
 def run_check(suites: list[str] | None = None, committed_dir: str | Path | None = None,
               tolerance_file: str | Path | None = None, methods: str | None = None,
               quiet: bool = True) -> tuple[int, list[Finding]]:
-    """Re-run `suites` (default all) into a scratch folder and compare with `committed_dir` (default
-    leaderboards/). `methods` replaces the fidelity suite's method list (the rows named)."""
+    """Re-run `suites` (default all; aliases such as `headline` expand) into a scratch folder and compare with
+    `committed_dir` (default leaderboards/). `methods` replaces the method list of every run (the rows named)."""
     from benchmark.boards import leaderboard
     from benchmark.boards.check import TASK_BOARDS, Finding, compare, load_tolerances
     from benchmark.cli import main as cli_main
 
     committed_dir = Path(committed_dir) if committed_dir else leaderboard.LEADERBOARD_DIR
     tolerances = load_tolerances(tolerance_file)
-    suites = suites or list(SUITE)
-    unknown = [s for s in suites if s not in SUITE]
-    if unknown:
-        raise ValueError(f"unknown check suite(s) {unknown}; suites: {list(SUITE)}")
+    suites = expand_suites(suites or list(SUITE))
     findings: list[Finding] = []
     rc = 0
     with tempfile.TemporaryDirectory(prefix="carbench-check-") as scratch:
         for suite in suites:
-            argv = list(SUITE[suite])
-            if suite in ("imagenet", "photos-detection"):
-                from datamodules.classification import default_imagenet_folder
-
-                folder = default_imagenet_folder()
-                if folder is None:
-                    print(f"check: {suite} suite skipped (no ImageNet sample: set $CARBENCH_IMAGENET)", flush=True)
+            start = time.perf_counter()
+            for i, (argv, need) in enumerate(SUITE[suite]):
+                argv = list(argv)
+                why, extra = missing_needs(need)
+                if why:
+                    print(f"check: {suite} run {i + 1} skipped ({why})", flush=True)
                     continue
-                argv += ["--dataset", f"imagenet-flat:{folder}"]
-            if suite == "photos-detection":
-                from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
-
-                try:
-                    human_model_files("centernet")
-                except HumanModelsError as e:
-                    print(f"check: {suite} suite skipped ({e})", flush=True)
+                at = argv.index("--method") + 1
+                kept, lost = methods_with_weights(methods or argv[at])
+                if lost:
+                    print(f"check: {suite}: left out {', '.join(lost)} (weights file not found)", flush=True)
+                if not kept:
                     continue
-            if suite == "fidelity" and methods:
-                argv[argv.index("--method") + 1] = methods
-            print(f"check: benchmark {' '.join(argv)}", flush=True)
-            target = Path(scratch) / ("fidelity.csv" if suite == "fidelity" else "")
-            argv += ["--leaderboard", str(target)] + (["--quiet"] if quiet else [])
-            if cli_main(argv) != 0:
-                rc = 1
-                findings.append(Finding(suite, "(the run)", "*", "-", "failed", None, "REGRESSION"))
-            boards = ["fidelity"] if suite == "fidelity" else list(TASK_BOARDS)
-            for board in boards:
-                findings += compare(board, committed_dir / f"{board}.csv", Path(scratch) / f"{board}.csv",
-                                    tolerances.get(board, {}))
+                argv[at] = ",".join(kept)
+                argv += extra
+                print(f"check: benchmark {' '.join(argv)}", flush=True)
+                fidelity = "--task" not in argv
+                target = Path(scratch) / suite / ("fidelity.csv" if fidelity else "")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                argv += ["--leaderboard", str(target)] + (["--quiet"] if quiet else [])
+                if cli_main(argv) != 0:
+                    rc = 1
+                    findings.append(Finding(suite, "(the run)", "*", "-", "failed", None, "REGRESSION"))
+            for board in ("fidelity", *TASK_BOARDS):
+                measured = Path(scratch) / suite / f"{board}.csv"
+                if measured.exists():
+                    findings += compare(board, committed_dir / f"{board}.csv", measured, tolerances.get(board, {}))
+            print(f"check: suite {suite} took {time.perf_counter() - start:.0f} s", flush=True)
     if any(f.failed for f in findings):
         rc = 1
     return rc, findings
-
 
 
 def main(args) -> int:

@@ -11,7 +11,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from benchmark.cli.common import SUITE, _csv, parse_corruptions
+from benchmark.cli.common import _csv, expand_suites, parse_corruptions
 from benchmark.evaluate.task_specs import NO_RESTORATION, REAL_DATASETS, TASKS, check_request, parse_dataset
 from datamodules.corruptions import CorruptionError
 from datamodules.sources import DatasetError, dataset_folder, read_wnids
@@ -266,9 +266,10 @@ def check_train(args: argparse.Namespace) -> None:
 
 
 def check_check(args: argparse.Namespace) -> None:
-    unknown = [s for s in _csv(args.suite or "") if s not in SUITE]
-    if unknown:
-        raise UsageError(f"--suite {args.suite!r}: unknown check suite(s) {unknown}; suites: {list(SUITE)}")
+    try:
+        expand_suites(_csv(args.suite or ""))
+    except ValueError as e:
+        raise UsageError(f"--suite {args.suite!r}: {e}") from None
     if args.method:
         methods(_csv(args.method))
 
