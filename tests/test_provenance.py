@@ -86,3 +86,28 @@ def test_a_row_records_the_exact_command_and_commit(tmp_path, monkeypatch):
     row = pd.read_csv(tmp_path / "my board" / "fidelity.csv", dtype=str, keep_default_na=False).iloc[0]
     assert row.command == "benchmark run --method jpeg --qf 10 --leaderboard 'my board/' --quiet"
     assert row.git_commit == provenance.git_commit() and row.git_commit != ""
+
+
+@pytest.mark.parametrize("argv", [["bdrate", "--leaderboard", "{boards}/"],
+                                  ["efficiency", "--method", "dncnn.compact"]])  # its default board is committed
+def test_the_derived_boards_refuse_a_modified_tree_too(repo, capsys, argv):
+    from benchmark.cli import main
+
+    (repo / "code.py").write_text("x = 2\n")
+    provenance.tree_state.cache_clear()
+    argv = [a.format(boards=repo / "leaderboards") for a in argv]
+    if argv[0] == "bdrate":
+        argv += ["--boards", str(repo / "leaderboards")]
+    assert main(argv) == 2
+    assert "refusing to write the committed boards" in capsys.readouterr().err
+
+
+def test_an_efficiency_row_records_its_command(tmp_path, monkeypatch):
+    from benchmark.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["efficiency", "--method", "dncnn.compact", "--size", "32", "--repeat", "1", "--leaderboard", "eff.csv"]
+    assert main(argv) == 0
+    df = pd.read_csv(tmp_path / "eff.csv", dtype=str, keep_default_na=False)
+    assert set(df.command) == {"benchmark " + " ".join(argv)}
+    assert set(df.git_commit) == {provenance.git_commit()}

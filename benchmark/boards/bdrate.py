@@ -64,7 +64,7 @@ INTERVAL_COLUMNS = ("bd_rate_lo", "bd_rate_hi", "bd_metric_lo", "bd_metric_hi", 
 BDRATE_COLUMNS = BDRATE_KEY[:-3] + ["reference", "qf_range", "n_points", "bd_rate_pct", "bd_metric", "bd_rate_lo",
                                     "bd_rate_hi", "bd_metric_lo", "bd_metric_hi", "rate", "rates", "n_images",
                                     "n_paired", "resamples", "dropped", "interval_note", "source", "weights_sha256",
-                                    "carbench_version", "git_commit", "created_at"]
+                                    "carbench_version", "git_commit", "created_at", "command"]
 BDRATE_SCHEMA = leaderboard.Schema(tuple(BDRATE_KEY), tuple(BDRATE_COLUMNS),
                                    ("bd_rate_pct", "bd_metric", "n_points", "n_images", "bd_rate_lo", "bd_rate_hi",
                                     "bd_metric_lo", "bd_metric_hi", "n_paired", "resamples", "dropped"),
@@ -387,7 +387,8 @@ def _single_pass(df: pd.DataFrame) -> pd.DataFrame:
 
 def _row(**kw) -> dict:
     return {"source": "measured", "carbench_version": leaderboard.carbench_version(),
-            "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), **kw}
+            "git_commit": leaderboard.git_commit(), "created_at": leaderboard.now(), "command": leaderboard.command(),
+            **kw}
 
 
 class PointFiles:

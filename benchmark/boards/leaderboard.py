@@ -49,7 +49,6 @@ TASK_COLUMNS = TASK_KEY[:-4] + ["metric", "value", "delta", "delta_lo", "delta_h
 ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid",
                  "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo",
                  "command": "created_at", "model_weights_sha256": "model_weights"}
-_ADDED_ONLY_WITH = {"command": "codec_lib"}  # fidelity and task boards have it; bdrate.csv, efficiency.csv do not
 DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 SOURCES = ("measured", "paper")
@@ -63,7 +62,7 @@ class LeaderboardError(ValueError):
 EFFICIENCY_KEY = ["method", "preset", "form", "input", "device", "source"]
 EFFICIENCY_COLUMNS = EFFICIENCY_KEY[:-1] + ["params_m", "gflops", "gmacs", "latency_ms", "threads", "gpu_latency_ms",
                                             "gpu", "source", "note",
-                                            "torch", "carbench_version", "git_commit", "created_at"]
+                                            "torch", "carbench_version", "git_commit", "created_at", "command"]
 
 
 @dataclass(frozen=True)
@@ -186,8 +185,6 @@ def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
         raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
     for c, after in ADDED_COLUMNS.items():  # a fidelity or task board written before they existed
         after = next((a for a in ((after,) if isinstance(after, str) else after) if a in df.columns), None)
-        if c in _ADDED_ONLY_WITH and _ADDED_ONLY_WITH[c] not in df.columns:  # another kind of table
-            continue
         if c not in df.columns and after is not None:
             df.insert(df.columns.get_loc(after) + 1, c, "")
     if board is not None:

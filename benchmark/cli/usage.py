@@ -276,6 +276,10 @@ def check_check(args: argparse.Namespace) -> None:
 
 def check_efficiency(args: argparse.Namespace) -> None:
     positive(args, "size", "repeat")
+    if not args.dry_run:  # the default board is the committed one
+        from benchmark.boards.provenance import COMMITTED_BOARDS
+
+        board_folder(args.leaderboard or str(COMMITTED_BOARDS / "efficiency.csv"), False)
     from lightning_modules.registry import _REGISTRY, _plugin_entry_points
 
     known = [f"{m}.{p}" for m, ps in {**BUILTIN_PRESETS, **{n: tuple(e.presets) for n, e in _REGISTRY.items()}}.items()
@@ -304,6 +308,7 @@ def check_bdrate(args: argparse.Namespace) -> None:
     if not any((boards / name).is_file() for name in BDRATE_BOARDS):
         flag = f"--boards {args.boards}" if args.boards is not None else f"the default --boards {boards}"
         raise UsageError(f"{flag}: holds no board ({', '.join(BDRATE_BOARDS)}): name the folder the boards are in")
+    board_folder(str(bdrate_target(args.leaderboard)), False)
     writable_boards(args.leaderboard, [bdrate_target(args.leaderboard)])
 
 

@@ -228,7 +228,7 @@ def paper_rows(methods: list[str]) -> list[dict]:
 
 def write(rows: list[dict], path=None) -> None:
     stamp = {"carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
-             "created_at": leaderboard.now()}
+             "created_at": leaderboard.now(), "command": leaderboard.command()}
     leaderboard.upsert(path or leaderboard.default_path("efficiency"),
                        [{**r, **(stamp if r["source"] == "measured" else {})} for r in rows],
                        key=leaderboard.EFFICIENCY_KEY, columns=leaderboard.EFFICIENCY_COLUMNS)
