@@ -385,7 +385,7 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
         return (ShapesJPEGPairs(qf_set, n, seed=seed, crop=crop),
                 ShapesJPEGPairs(qf_set, 64, n_scenes=64, split="val", seed=seed),
                 f"shapes train split (first 2000 scenes), {crop or 128}px, JPEG QF {qf_set}",
-                {"train_images": "shapes train split (first 2000 scenes)", "n_images": 2000, "crop": crop or 128})
+                {"train_images": "shapes train split (first 2000 scenes)", "n_images": None, "crop": crop or 128})
     layout, sep, root = (train_dir or "").partition(":")
     imagenet = sep and layout in ("imagenet", "imagenet-flat")
     if protocol == "in-domain" and not train_dir:
