@@ -307,3 +307,21 @@ def test_protocol_of_older_and_foreign_weights(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"conv.weight": torch.zeros(1)}, foreign)
     assert training_protocol.of_weights(str(foreign)) == training_protocol.NOT_RECORDED
+
+
+def test_train_images_limits_the_photos_of_either_protocol(tmp_path, rng):
+    """`--train-images N` (the data-size curve): the first N training photos only, and the record says N."""
+    from benchmark.cli.train import PROTOCOLS, _plugin_data
+    from lightning_modules.task_models import create_task_model
+
+    prep = create_task_model("classification", "efficientnet_lite0", "random").preprocess
+    folder = _flat(tmp_path / "ImageNet_tiny", rng)
+    cfg = dict(PROTOCOLS["in-domain"], steps=2, batch_size=2, val_items=2, train_images=4)
+    train_set, _, _, info = _plugin_data("features", "efficientnet_lite0", f"imagenet-flat:{folder}", cfg, 0,
+                                         cross_fitted=True, preprocess=prep, protocol="in-domain")
+    assert info["n_images"] == 4 and len(train_set.clean) == 4
+    photos = _photos(tmp_path / "photos", rng, n=12)
+    cfg = dict(PROTOCOLS["out-of-domain"], crop=64, steps=2, batch_size=2, val_items=2, train_images=3)
+    train_set, _, _, info = _plugin_data("features", "efficientnet_lite0", str(photos), cfg, 0, preprocess=prep,
+                                         protocol="out-of-domain")
+    assert info["n_images"] == 3 and [r.name for r in train_set.records] == ["p0", "p1", "p10"]

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-at", default=None, metavar="F,F,...",
                    help="also export the network at these fractions of the steps (learning curve): 0.25,0.5,1 "
                         "writes <out>.q25.pt, <out>.q50.pt and <out>")
+    t.add_argument("--train-images", type=int, default=None, metavar="N",
+                   help="afd / degradation_prior / jpeg_finetune: train on the first N training photos only (the "
+                        "data-size curve of AFD's Fig. 11: 20 / 200 / all)")
     t.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of random init")
     t.add_argument("--ckpt-dir", default=None, help="write Lightning checkpoints (last.ckpt) here during training")
     t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")

@@ -132,7 +132,7 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
           config: str | None = None, task_model: str | None = None, task_weights: str | None = None,
           depth: str | None = None, qf_set: tuple[int, ...] | None = None, protocol: str | None = None,
           labels: str | None = None, clean_share: float | None = None, loss: str | None = None,
-          save_at: str | tuple | None = None) -> Path:
+          save_at: str | tuple | None = None, train_images: int | None = None) -> Path:
     """Train `method[.preset]` and save its network's weights.
 
     init: weights to start from (fine-tuning, or DAGN's stage 2 after a separate stage 1); resume: a Lightning
@@ -155,7 +155,8 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     entry, preset_name, p = resolve_preset(method, preset)
     cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
     plugin = getattr(entry.module_cls, "kind", None) in ("features", "classifier")
-    trial = dict(protocol=protocol, labels=labels, clean_share=clean_share, loss=loss, save_at=save_at)
+    trial = dict(protocol=protocol, labels=labels, clean_share=clean_share, loss=loss, save_at=save_at,
+                 train_images=train_images)
     if not plugin and any(v not in (None, "", ()) for v in trial.values()):
         given = ", ".join(f"--{k.replace('_', '-')}" for k, v in trial.items() if v not in (None, "", ()))
         raise ConfigError(f"{given}: options of the feature de-drifters and jpeg_finetune, not of {entry.name}")
@@ -164,12 +165,13 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
             raise ConfigError(f"--protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
         cfg.update(PROTOCOLS[protocol], lr=PROTOCOL_LR.get(entry.name, cfg["lr"]))
     unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set", "ae_qf_set", "ae_qf_range",
-                                        "val_items"}
+                                        "val_items", "train_images"}
     if unknown:
         raise ConfigError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(set(cfg) | {'lr_milestones', 'lr_gamma', 'betas', *_RUN_KEYS})}")
     cfg.update(recipe)
-    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set).items():
+    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set,
+                     train_images=train_images).items():
         if v is not None:
             cfg[k] = v
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
@@ -378,6 +380,7 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
 
     qf_set, n = tuple(cfg["qf_set"]), cfg["steps"] * cfg["batch_size"]
     n_val = int(cfg.get("val_items", 64))  # validation crops (a recipe's `val_items`: tests keep it tiny)
+    limit = cfg.get("train_images")  # the data-size curve (AFD Fig. 11): train on the first N photos only
     if backbone in SHAPES_TASK_MODELS and train_dir in (None, "shapes"):
         if clean_share:
             raise ConfigError("--clean-share needs photo or ImageNet training data, not the shapes scenes")
@@ -408,6 +411,8 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
             raise ValueError(f"fine-tuning {backbone} needs labelled images: --train-dir imagenet:DIR (wnid folders) "
                              f"or imagenet-flat:DIR (<wnid>_*.JPEG), not {train_dir!r}")
         samples = (C.imagenet_folders if layout == "imagenet" else C.imagenet_flat)(root).samples
+        if limit and cross_fitted:  # the copies still never score a photo they saw; the others train nothing
+            samples = samples[:limit]
         named = f"{layout}:{Path(root).name}"
         if cross_fitted:  # every image trains the fold copies that never score it; validation = held-out folds
             return (C.JPEGTrainingSet(samples, qf_set, n, seed, preprocess=preprocess, flip=True,
@@ -416,6 +421,7 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
                     f"{train_dir}, JPEG QF {qf_set}, cross-fitted by class parity",
                     {"train_images": named, "n_images": len(samples), "crop": preprocess.crop})
         val, train = samples[-64:], samples[:-64] or samples
+        train = train[:limit] if limit else train
         return (C.JPEGTrainingSet(train, qf_set, n, seed, clean_share=clean_share),
                 C.JPEGTrainingSet(val, qf_set, n_val, seed + 1), f"{train_dir}, JPEG QF {qf_set}",
                 {"train_images": named, "n_images": len(train), "crop": C.CROP})
@@ -424,6 +430,7 @@ def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, see
     if (train_dir is None or protocol == "out-of-domain") and backbone in PACKAGED_CLASSIFIERS:
         records, name = _photos_at_classifier_scale(records, name, backbone)
     val, train = records[-8:], records[:-8] or records
+    train = train[:limit] if limit else train
     train_set = RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set, clean_share=clean_share)
 
     return (train_set, RandomCrops(val, crop=crop, length=n_val, seed=seed + 1, qf_set=qf_set),
@@ -602,7 +609,7 @@ def main(args) -> int:
               resume=args.resume, ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config,
               task_model=args.task_model, task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set,
               protocol=args.protocol, labels=args.labels, clean_share=args.clean_share, loss=args.loss,
-              save_at=args.save_at)
+              save_at=args.save_at, train_images=args.train_images)
     except ConfigError as e:  # e.g. unknown keys in the recipe
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

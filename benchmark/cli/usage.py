@@ -250,7 +250,7 @@ def check_compare(args: argparse.Namespace) -> None:
 
 
 def check_train(args: argparse.Namespace) -> None:
-    positive(args, "steps", "batch_size", "crop")
+    positive(args, "steps", "batch_size", "crop", "train_images")
     if args.task:
         name = args.model or next(n for n, t in SHAPES_MODEL_TASKS.items() if t == args.task)
         if SHAPES_MODEL_TASKS.get(name) != args.task:
