@@ -277,6 +277,7 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
     L.seed_everything(seed, workers=True)
     kind = getattr(resolve_preset(method, preset_name)[0].module_cls, "kind", None)
     labelled, loss_name, share = trial_choices(method, kind, protocol, labels, loss, clean_share)
+    cfg = {**cfg, "loss": loss_name}  # the record's config names the loss that ran (feature-mse, logit-kl, ...)
     overrides = {k: v for k, v in dict(depth=depth, backbone=task_model).items() if v}
     if method == "jpeg_finetune":
         overrides.pop("depth", None)
