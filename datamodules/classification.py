@@ -38,6 +38,7 @@ from datamodules.corruptions import (
     Corruption,
     CorruptionCache,
     apply,
+    is_clean_item,
     parse_qf,
 )
 from datamodules.sources import (
@@ -426,14 +427,17 @@ def _bar(total: int, desc: str, enabled: bool):
 class JPEGTrainingSet(Dataset):
     """Labelled training items for fine-tuning on JPEG data (the transfer-learning baseline): the ImageNet-C crop of
     each image, JPEG-compressed at a QF drawn from `qf_set`; -> (float JPEG CHW, float clean CHW, label).
-    Item i is a pure function of (seed, i)."""
+    Item i is a pure function of (seed, i); `clean_share` of the items are left uncompressed (input = the clean
+    crop; drawn from a stream of its own, so share 0 gives the items of earlier runs)."""
 
     def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], qf_set: Sequence[int], length: int,
-                 seed: int = 0, resize: int = RESIZE, crop: int = CROP, preprocess=None, flip: bool = False):
+                 seed: int = 0, resize: int = RESIZE, crop: int = CROP, preprocess=None, flip: bool = False,
+                 clean_share: float = 0.0):
         if not samples or not qf_set:
             raise DatasetError("JPEGTrainingSet needs images and a QF set")
         self.clean = ClassificationSet(samples, None, resize, crop, preprocess=preprocess)
         self.qf_set, self.length, self.seed, self.flip = tuple(qf_set), length, seed, flip
+        self.clean_share = float(clean_share)
 
     def __len__(self) -> int:
         return self.length
@@ -444,6 +448,8 @@ class JPEGTrainingSet(Dataset):
         qf = int(self.qf_set[rng.integers(len(self.qf_set))])
         if self.flip and rng.random() < 0.5:  # mirrored before compression: a new block grid over the content
             px = px.flip(-1)
+        if is_clean_item(self.seed, i, self.clean_share):
+            return px.float() / 255, px.float() / 255, torch.tensor(label)
         jpeg, _ = apply(np.ascontiguousarray(px.permute(1, 2, 0).numpy()), Corruption("jpeg", (qf,)))
         return (torch.from_numpy(np.ascontiguousarray(jpeg)).permute(2, 0, 1).float() / 255, px.float() / 255,
                 torch.tensor(label))

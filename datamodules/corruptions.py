@@ -211,3 +211,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def is_clean_item(seed: int, i: int, share: float) -> bool:
+    """Whether training item i of a run with this seed is left uncompressed (its own random stream: share 0 leaves
+    every other draw as it was)."""
+    return share > 0 and np.random.default_rng([seed, i, 7919]).random() < share

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.corruptions import Corruption, CorruptionCache, apply
+from datamodules.corruptions import Corruption, CorruptionCache, apply, is_clean_item
 from datamodules.sources import (SAMPLE_TRAIN_IMAGES, SCORABLE_MIN_SIDE, DatasetError, ImageRecord, LoadReport,
                                  load_folder, load_samples,
                       as_y, dataset_label, resolve_dataset)
@@ -70,11 +70,14 @@ class RandomCrops(Dataset):
     Item i is a pure function of (seed, i): same seed -> same crops, QFs and bytes, whatever the worker count.
     `noise2noise=True`: the target is a second, independent compression of the same crop (QF drawn again), so no
     clean image is ever seen (Noise2Noise training, N2N U-Net paper).
+    `clean_share`: the share of items left uncompressed (input = target = the clean crop, QF 0), drawn from a
+    stream of its own so that share 0 gives the very items of earlier runs.
     """
 
     def __init__(self, records: list[ImageRecord], qf_range=(5, 50), crop: int = 64, length: int = 16000,
-                 seed: int = 0, subsampling: str = "420", noise2noise: bool = False, qf_set: tuple[int, ...] = ()):
-        self.noise2noise = noise2noise
+                 seed: int = 0, subsampling: str = "420", noise2noise: bool = False, qf_set: tuple[int, ...] = (),
+                 clean_share: float = 0.0):
+        self.noise2noise, self.clean_share = noise2noise, float(clean_share)
         self.qf_set = tuple(qf_set)  # QFs to draw from (AFD's 25/18/15/10/7) instead of the range
         self.records = [r for r in records if min(r.pixels.shape[:2]) >= crop]
         if not self.records:
@@ -96,6 +99,8 @@ class RandomCrops(Dataset):
         if clean.ndim == 3 and rng.random() < 0.5:
             clean = np.ascontiguousarray(clean[:, ::-1])
         qf = self._draw_qf(rng)
+        if is_clean_item(self.seed, i, self.clean_share):
+            return to_tensor(clean).float() / 255, to_tensor(clean).float() / 255, torch.tensor(0)
         corrupted, _ = apply(clean, Corruption("jpeg", (qf,), subsampling=self.subsampling))
         if self.noise2noise:
             qf2 = self._draw_qf(rng)

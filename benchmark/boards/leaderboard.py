@@ -34,7 +34,7 @@ FIDELITY_COLUMNS = FIDELITY_KEY[:-2] + [
 TASK_KEY = ["task", "model", "method", "preset", "dataset", "codec", "qf", "passes", "subsampling", "seed", "metric",
             "source", "weights_sha256", "model_weights_sha256"]
 TASK_COLUMNS = TASK_KEY[:-4] + ["metric", "value", "delta", "delta_lo", "delta_hi", "n_images", "source",
-                                "model_weights", "model_weights_sha256", "weights", "weights_sha256",
+                                "model_weights", "model_weights_sha256", "weights", "weights_sha256", "protocol",
                                 "codec_lib", "carbench_version", "git_commit", "created_at", "command"]
 # n_gray: gray images of a mixed folder scored inside a colour (rgb / y) row, on their one channel ("": not recorded)
 # lpips: mean per-image LPIPS (AlexNet), measured only on request (`--metrics ...,lpips`; "": not measured)
@@ -48,7 +48,12 @@ TASK_COLUMNS = TASK_KEY[:-4] + ["metric", "value", "delta", "delta_lo", "delta_h
 # without them reads them as ""
 ADDED_COLUMNS = {"weights_sha256": "weights", "n_gray": "n_skipped", "lpips": "psnrb", "fid": "lpips", "kid": "fid",
                  "delta": ("bpp", "value"), "delta_lo": "delta", "delta_hi": "delta_lo",
-                 "command": "created_at", "model_weights_sha256": "model_weights"}
+                 "command": "created_at", "model_weights_sha256": "model_weights", "protocol": "weights_sha256"}
+# protocol: how the row's weights file was trained, in one line (benchmark.evaluate.training_protocol: training
+# images, labels, crop, steps x batch, lr schedule, QF set, clean share, loss); "" for methods without a file.
+# Not part of the key (weights_sha256 already names the file). Added columns that belong to one kind of board: the
+# column the file must have for it to get them (fidelity boards also have weights_sha256, and no protocol)
+ADDED_ONLY_WITH = {"protocol": "model_weights"}
 DELTA_COLUMNS = ("delta", "delta_lo", "delta_hi")
 LEADERBOARD_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 SOURCES = ("measured", "paper")
@@ -185,7 +190,7 @@ def read(path: str | os.PathLike, board: str | None = None) -> pd.DataFrame:
         raise LeaderboardError(f"{path}: not a readable CSV board: {e}") from e
     for c, after in ADDED_COLUMNS.items():  # a fidelity or task board written before they existed
         after = next((a for a in ((after,) if isinstance(after, str) else after) if a in df.columns), None)
-        if c not in df.columns and after is not None:
+        if c not in df.columns and after is not None and ADDED_ONLY_WITH.get(c, after) in df.columns:
             df.insert(df.columns.get_loc(after) + 1, c, "")
     if board is not None:
         validate(df, _schemas()[board], str(path))

@@ -102,6 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--task-weights", default=None, help="that classifier's weights file")
     t.add_argument("--depth", default=None, choices=["D1", "D2", "D3", "D4"],
                    help="afd / degradation_prior: the tap (paper Table I; default the preset's)")
+    t.add_argument("--protocol", default=None, choices=["out-of-domain", "in-domain"],
+                   help="afd / degradation_prior / jpeg_finetune: the fair trial's protocols (one budget, crop and "
+                        "schedule for all): out-of-domain = BSDS500 train + scikit-image photos, label-free; "
+                        "in-domain = the ImageNet sample 2-fold by class parity (no photo scored by a model that saw "
+                        "it); see the guide's 'A fair trial for the feature de-drifters'")
+    t.add_argument("--labels", default=None, choices=["labels", "none"],
+                   help="jpeg_finetune: cross-entropy on the labels (default, as the shipped preset; not "
+                        "out-of-domain) or none (KL distillation from the frozen classifier's clean predictions)")
+    t.add_argument("--clean-share", type=float, default=None, metavar="P",
+                   help="share of training crops left uncompressed (target: their own clean features), e.g. 0.2")
+    t.add_argument("--loss", default=None, choices=["feature-mse", "logit-kl"],
+                   help="afd / degradation_prior: MSE to the clean features at the tap (default) or KL between the "
+                        "frozen classifier's outputs on the clean and on the corrected image (label-free)")
+    t.add_argument("--save-at", default=None, metavar="F,F,...",
+                   help="also export the network at these fractions of the steps (learning curve): 0.25,0.5,1 "
+                        "writes <out>.q25.pt, <out>.q50.pt and <out>")
+    t.add_argument("--train-images", type=int, default=None, metavar="N",
+                   help="afd / degradation_prior / jpeg_finetune: train on the first N training photos only (the "
+                        "data-size curve of AFD's Fig. 11: 20 / 200 / all)")
     t.add_argument("--init", default=None, help="start from these weights (fine-tune) instead of random init")
     t.add_argument("--ckpt-dir", default=None, help="write Lightning checkpoints (last.ckpt) here during training")
     t.add_argument("--resume", default=None, help="resume an interrupted run from its Lightning checkpoint")

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from benchmark.evaluate.fidelity import progress_bar, quiet_lightning
+from benchmark.evaluate.training_protocol import lr_schedule, summary, without_paths
 from datamodules.corruptions import AFD_QF_SET
 from datamodules.fidelity import TrainDataModule
 from lightning_modules import create
@@ -54,7 +55,53 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):
-    """A training recipe (--config) that cannot be used; the message names the file."""
+    """A training recipe (--config) or option that cannot be used; the message names it."""
+
+# the fair trial of the feature de-drifters (issue 27): one protocol for every task-side trained method, the same
+# crops seen (steps x batch) and crop size for all of them. The schedule has the paper's shape (Adam, lr x0.2 at
+# half the steps, as its 1e-4 -> 2e-5 at 7500 of 15000; QFs 25/18/15/10/7, 224 crops); the budget is a CPU's:
+# 1500 x 16 = 24 000 crops, 5 % of the paper's 15 000 x 32. Each method keeps its own learning rate.
+#  out-of-domain: label-free, ../shared/data/train/BSDS500_train + the scikit-image training photos (never the
+#                 evaluation sample), resized as the classifier resizes; `jpeg_finetune` distils the frozen
+#                 classifier's clean predictions (no labels exist there)
+#  in-domain:     the ImageNet sample, 2-fold by class parity (copy k learns only from the other fold, scores only
+#                 its own: no photo scored by a model that saw it); the classifier's own 224 crops; label-free for
+#                 the de-drifters (the class index only picks the fold), with or without labels for fine-tuning
+PROTOCOLS = {
+    "out-of-domain": dict(steps=1500, batch_size=16, crop=224, qf_set=AFD_QF_SET, lr_milestones=(0.5,), lr_gamma=0.2),
+    "in-domain": dict(steps=1500, batch_size=16, crop=224, qf_set=AFD_QF_SET, lr_milestones=(0.5,), lr_gamma=0.2),
+}
+PROTOCOL_LR = {"afd": 1e-3, "degradation_prior": 1e-3, "jpeg_finetune": 2e-4}
+IN_DOMAIN_FOLDS = 2
+LOSSES = ("feature-mse", "logit-kl")
+
+
+def default_in_domain_set() -> str:
+    """`imagenet-flat:<repo>/../shared/data/train/ImageNet_sample1000`, the in-domain protocol's photos."""
+    return "imagenet-flat:" + str(Path(__file__).resolve().parents[3] / "shared" / "data" / "train" /
+                                  "ImageNet_sample1000")
+
+
+def parse_fractions(text: str | None) -> tuple[float, ...]:
+    """`0.25,0.5,1` -> (0.25, 0.5, 1.0): budget fractions at which `--save-at` exports the network."""
+    if not text:
+        return ()
+    try:
+        out = tuple(sorted({float(t) for t in str(text).split(",") if t.strip()}))
+    except ValueError:
+        raise ConfigError(f"--save-at {text!r}: a comma list of fractions of the steps, e.g. 0.25,0.5,1") from None
+    if not out or any(not 0 < f <= 1 for f in out):
+        raise ConfigError(f"--save-at {text!r}: every fraction must lie in (0, 1]")
+    return out
+
+
+def fraction_path(out: Path, fraction: float) -> Path:
+    """Where `--save-at` puts the network at this fraction of the budget: `<out>.q25.pt` (1: `<out>` itself)."""
+    if fraction >= 1:
+        return out
+    return out.with_name(f"{out.stem}.q{round(100 * fraction)}{out.suffix or '.pt'}")
+
+
 _RUN_KEYS = ("method", "preset", "seed", "train_dir", "noise2noise", "stages", "task_model", "depth")
 
 
@@ -83,14 +130,20 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
           noise2noise: bool = False, qf_range: tuple[int, int] | None = None, init: str | None = None,
           resume: str | None = None, ckpt_dir: str | None = None, stages: list[str] | None = None,
           config: str | None = None, task_model: str | None = None, task_weights: str | None = None,
-          depth: str | None = None, qf_set: tuple[int, ...] | None = None) -> Path:
+          depth: str | None = None, qf_set: tuple[int, ...] | None = None, protocol: str | None = None,
+          labels: str | None = None, clean_share: float | None = None, loss: str | None = None,
+          save_at: str | tuple | None = None, train_images: int | None = None) -> Path:
     """Train `method[.preset]` and save its network's weights.
 
     init: weights to start from (fine-tuning, or DAGN's stage 2 after a separate stage 1); resume: a Lightning
     checkpoint that `ckpt_dir` got from an interrupted run with the same arguments (optimizer, scheduler and step
     count continue); stages: for a multi-stage method (DAGN: autoencoders, restorer), which to run (default all);
     config: a YAML recipe (explicit arguments win over it). Feature de-drifters and `jpeg_finetune` train inside a
-    frozen classifier: task_model (default: the preset's backbone) with task_weights, at tap `depth` (D1-D4)."""
+    frozen classifier: task_model (default: the preset's backbone) with task_weights, at tap `depth` (D1-D4).
+    The fair trial's options (those methods only): protocol `out-of-domain` / `in-domain` (PROTOCOLS), labels
+    `labels` / `none` (jpeg_finetune: cross-entropy or distillation), clean_share (share of crops left
+    uncompressed, target = the clean features), loss `feature-mse` / `logit-kl` (de-drifters), save_at (budget
+    fractions to export, `<out>.q25.pt` ...)."""
     recipe = load_config(config) if config else {}
     run = {k: recipe.pop(k) for k in _RUN_KEYS if k in recipe}
     method = method or run.get("method") or "dncnn"
@@ -101,21 +154,35 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     stages = stages or run.get("stages")
     entry, preset_name, p = resolve_preset(method, preset)
     cfg = dict(TRAIN_DEFAULTS.get(entry.name, TRAIN_DEFAULTS["dncnn"]))
-    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set", "ae_qf_set", "ae_qf_range"}
+    plugin = getattr(entry.module_cls, "kind", None) in ("features", "classifier")
+    trial = dict(protocol=protocol, labels=labels, clean_share=clean_share, loss=loss, save_at=save_at,
+                 train_images=train_images)
+    if not plugin and any(v not in (None, "", ()) for v in trial.values()):
+        given = ", ".join(f"--{k.replace('_', '-')}" for k, v in trial.items() if v not in (None, "", ()))
+        raise ConfigError(f"{given}: options of the feature de-drifters and jpeg_finetune, not of {entry.name}")
+    if protocol is not None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        cfg.update(PROTOCOLS[protocol], lr=PROTOCOL_LR.get(entry.name, cfg["lr"]))
+    unknown = set(recipe) - set(cfg) - {"lr_milestones", "lr_gamma", "betas", "qf_set", "ae_qf_set", "ae_qf_range",
+                                        "val_items", "train_images"}
     if unknown:
         raise ConfigError(f"training config {config}: unknown keys {sorted(unknown)}; known: "
                          f"{sorted(set(cfg) | {'lr_milestones', 'lr_gamma', 'betas', *_RUN_KEYS})}")
     cfg.update(recipe)
-    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set).items():
+    for k, v in dict(steps=steps, batch_size=batch_size, crop=crop, lr=lr, qf_range=qf_range, qf_set=qf_set,
+                     train_images=train_images).items():
         if v is not None:
             cfg[k] = v
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
     quiet_lightning()
-    if getattr(entry.module_cls, "kind", None) in ("features", "classifier"):
+    if plugin:
         return train_plugin(entry.name, preset_name, p, cfg, seed=seed, train_dir=train_dir, out=out,
                             accelerator=accelerator, devices=devices, init=init, resume=resume, ckpt_dir=ckpt_dir,
                             task_model=task_model or run.get("task_model"), task_weights=task_weights,
-                            depth=depth or run.get("depth"), num_workers=num_workers)
+                            depth=depth or run.get("depth"), num_workers=num_workers, protocol=protocol,
+                            labels=labels, clean_share=clean_share, loss=loss, save_at=parse_fractions(save_at)
+                            if isinstance(save_at, str) else tuple(save_at or ()))
     L.seed_everything(seed, workers=True)
     module = create(entry.name, preset_name, weights=init, pretrained=init is not None)
     module.lr, module.loss_name = cfg["lr"], cfg["loss"]
@@ -157,19 +224,73 @@ def train(method: str | None = None, preset: str | None = None, steps: int | Non
     return _save_checkpoint(out_path, module.net, meta, f"validation PSNR {meta['val_psnr']}")
 
 
+def trial_choices(method: str, kind: str, protocol: str | None, labels: str | None, loss: str | None,
+                  clean_share: float | None) -> tuple[bool, str, float]:
+    """(labelled, loss, clean share) of a de-drifter / fine-tuning run, or ConfigError naming the clash."""
+    if labels not in (None, "labels", "none"):
+        raise ConfigError(f"--labels {labels!r}: labels or none")
+    if loss not in (None, *LOSSES):
+        raise ConfigError(f"--loss {loss!r}: use one of {', '.join(LOSSES)}")
+    share = float(clean_share or 0.0)
+    if not 0 <= share < 1:
+        raise ConfigError(f"--clean-share {clean_share}: a share of the crops in [0, 1)")
+    if kind == "features":
+        if labels == "labels":
+            raise ConfigError(f"{method} trains label-free (--labels none); only jpeg_finetune can learn from labels")
+        return False, loss or "feature-mse", share
+    if loss == "feature-mse":
+        raise ConfigError(f"{method} changes the classifier itself: its label-free loss is logit-kl (--labels none)")
+    if loss == "logit-kl" and labels == "labels":
+        raise ConfigError("--loss logit-kl is the label-free distillation: it cannot go with --labels labels")
+    if protocol == "out-of-domain" and labels == "labels":
+        raise ConfigError("--protocol out-of-domain is label-free (BSDS500 and scikit-image photos have no ImageNet "
+                          "labels): jpeg_finetune distils there (--labels none)")
+    labelled = labels == "labels" or (labels is None and loss is None and protocol != "out-of-domain")
+    return labelled, "cross-entropy" if labelled else "logit-kl", share
+
+
+class _SaveAt(L.Callback):
+    """Exports the network at fractions of the budget (the learning curve of `--save-at`)."""
+
+    def __init__(self, steps: int, fractions: tuple[float, ...], save):
+        self.targets = {max(1, round(steps * f)): f for f in fractions if f < 1}
+        self.save = save
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        f = self.targets.pop(trainer.global_step, None)
+        if f is not None and trainer.global_rank == 0:
+            self.save(trainer, f)
+
+
 def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int, train_dir: str | None,
                  out: str | None, accelerator, devices, init: str | None, resume: str | None, ckpt_dir: str | None,
-                 task_model: str | None, task_weights: str | None, depth: str | None, num_workers: int) -> Path:
+                 task_model: str | None, task_weights: str | None, depth: str | None, num_workers: int,
+                 protocol: str | None = None, labels: str | None = None, clean_share: float | None = None,
+                 loss: str | None = None, save_at: tuple[float, ...] = ()) -> Path:
     """Train a feature de-drifter (label-free: MSE to the clean image's features at the tap of the frozen
-    classifier) or fine-tune the classifier itself on labelled JPEG images (`jpeg_finetune`)."""
+    classifier, or KL to its clean-image predictions) or fine-tune the classifier itself on JPEG images
+    (`jpeg_finetune`: labels, or distillation from the frozen classifier's clean predictions)."""
     from torch.utils.data import DataLoader
 
     from lightning_modules.task_models import create_task_model
 
     L.seed_everything(seed, workers=True)
+    kind = getattr(resolve_preset(method, preset_name)[0].module_cls, "kind", None)
+    labelled, loss_name, share = trial_choices(method, kind, protocol, labels, loss, clean_share)
+    cfg = {**cfg, "loss": loss_name}  # the record's config names the loss that ran (feature-mse, logit-kl, ...)
     overrides = {k: v for k, v in dict(depth=depth, backbone=task_model).items() if v}
     if method == "jpeg_finetune":
         overrides.pop("depth", None)
+    backbone = overrides.get("backbone", preset.kwargs.get("backbone"))
+    if protocol is not None:
+        if backbone not in PACKAGED_CLASSIFIERS:
+            raise ConfigError(f"--protocol is defined for the packaged ImageNet classifiers "
+                              f"({', '.join(PACKAGED_CLASSIFIERS)}), not {backbone}: pick a preset such as lite0")
+        cross = protocol == "in-domain"
+        if kind == "features" and cross:
+            overrides["folds"] = IN_DOMAIN_FOLDS
+        elif kind == "classifier" and "folds" in preset.kwargs:  # one tuned copy out of domain, one per fold in
+            overrides["folds"] = IN_DOMAIN_FOLDS if cross else 1
     module = create(method, preset_name, weights=init, pretrained=init is not None, **overrides)
     backbone = module.net.backbone
     tm = create_task_model("classification", backbone, task_weights)  # frozen, with its trained weights
@@ -180,77 +301,142 @@ def train_plugin(method: str, preset_name: str, preset, cfg: dict, *, seed: int,
             module.net.classifier.load_state_dict(tm.net.state_dict())
     module.lr, module.lr_gamma = cfg["lr"], cfg["lr_gamma"]
     module.lr_milestones = tuple(int(cfg["steps"] * f) for f in cfg["lr_milestones"])
+    if module.kind == "classifier":
+        module.labels = labelled
+    else:
+        module.loss_name = loss_name
     module.attach(tm.net, tm.name, deploy=False)
-    train_set, val_set, source = _plugin_data(module.kind, backbone, train_dir, cfg, seed,
-                                              cross_fitted=hasattr(module.net, "n_folds"), preprocess=tm.preprocess)
+    folds = getattr(module.net, "n_folds", None)
+    train_set, val_set, source, info = _plugin_data(
+        module.kind, backbone, train_dir, cfg, seed, cross_fitted=folds is not None and folds > 1,
+        preprocess=tm.preprocess, protocol=protocol, clean_share=share)
     loaders = [DataLoader(train_set, batch_size=cfg["batch_size"], num_workers=num_workers,
                           persistent_workers=num_workers > 0),
                DataLoader(val_set, batch_size=16, num_workers=0)]
-    trainer = L.Trainer(max_steps=cfg["steps"], accelerator=accelerator, devices=devices, logger=False,
-                        enable_checkpointing=ckpt_dir is not None, val_check_interval=max(cfg["steps"] // 4, 1),
-                        check_val_every_n_epoch=None, deterministic=True, log_every_n_steps=50,
-                        callbacks=progress_bar() + _checkpointing(ckpt_dir, cfg["steps"]), enable_model_summary=False)
+    out_path = Path(out) if out else default_out(preset.weights or f"{method}_{preset_name}.pt")
+    net_kwargs = {"backbone": backbone} if module.kind == "classifier" else \
+        {"backbone": backbone, "depth": module.net.depth}
+    if folds is not None:  # cross-fitted copies: rebuilt from the record with --weights
+        net_kwargs["folds"] = folds
+        if hasattr(module.net, "n_stages"):
+            net_kwargs["n_stages"] = module.net.n_stages
+    if module.kind == "classifier":
+        targets = "labels (cross-entropy)" if labelled else \
+            "the frozen classifier's clean-image predictions (KL distillation, no labels)"
+    else:
+        targets = f"clean features at {module.net.layers[0]} (MSE, no labels)" if loss_name == "feature-mse" else \
+            "the frozen classifier's clean-image predictions (KL distillation, no labels)"
+    steps, batch = cfg["steps"], cfg["batch_size"]
     t0 = time.time()
+
+    def meta_at(trainer, steps_done: int) -> dict:
+        record = {"protocol": protocol or "custom", "train_images": info["train_images"],
+                  "n_images": info["n_images"], "folds": folds if folds and folds > 1 else None,
+                  "labels": "yes" if labelled else "no", "crop": info["crop"], "steps": steps, "batch_size": batch,
+                  "steps_done": steps_done, "crops_seen": steps_done * batch,
+                  "lr_schedule": lr_schedule(cfg["lr"], cfg["lr_milestones"], cfg["lr_gamma"], steps),
+                  "qf_set": list(cfg["qf_set"]), "clean_share": share, "loss": loss_name}
+        metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
+        return {"method": method, "preset": preset_name, "seed": seed, "train_data": source,
+                "net_kwargs": net_kwargs, "task_model": tm.name,
+                "task_weights": Path(tm.weights).name if tm.weights else "", "targets": targets,
+                "init": str(init) if init else None, "metrics": metrics,
+                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
+                "protocol": summary(record), "protocol_record": record, "budget_fraction": round(steps_done / steps, 4),
+                "train_seconds": round(time.time() - t0, 1)}
+
+    def export(trainer, fraction: float) -> None:
+        path = fraction_path(out_path, fraction)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = meta_at(trainer, trainer.global_step)
+        _save_checkpoint(path, module.net, meta, f"{fraction:g} of the budget; validation {meta['metrics']}")
+
+    callbacks = progress_bar() + _checkpointing(ckpt_dir, steps)
+    if save_at:
+        callbacks.append(_SaveAt(steps, save_at, export))
+    trainer = L.Trainer(max_steps=steps, accelerator=accelerator, devices=devices, logger=False,
+                        enable_checkpointing=ckpt_dir is not None, val_check_interval=max(steps // 4, 1),
+                        check_val_every_n_epoch=None, deterministic=True, log_every_n_steps=50,
+                        callbacks=callbacks, enable_model_summary=False)
     trainer.fit(module, *loaders, ckpt_path=resume)
     if trainer.global_rank != 0:
         return Path(out or "")
-    out_path = Path(out) if out else default_out(preset.weights or f"{method}_{preset_name}.pt")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    net_kwargs = {"backbone": backbone} if module.kind == "classifier" else \
-        {"backbone": backbone, "depth": module.net.depth}
-    if hasattr(module.net, "n_folds"):  # cross-fitted copies: rebuilt from the record with --weights
-        net_kwargs.update(folds=module.net.n_folds, n_stages=module.net.n_stages)
-    metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()}
-    meta = {"method": method, "preset": preset_name, "seed": seed, "train_data": source, "net_kwargs": net_kwargs,
-            "task_model": tm.name, "task_weights": Path(tm.weights).name if tm.weights else "",
-            "targets": "labels (cross-entropy)" if module.kind == "classifier" else
-                       f"clean features at {module.net.layers[0]} (MSE, no labels)",
-            "init": str(init) if init else None, "metrics": metrics,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-            "train_seconds": round(time.time() - t0, 1)}
-    return _save_checkpoint(out_path, module.net, meta, f"validation {metrics}")
+    meta = meta_at(trainer, steps)
+    return _save_checkpoint(out_path, module.net, meta, f"validation {meta['metrics']}")
 
 
 def _plugin_data(kind: str, backbone: str, train_dir: str | None, cfg: dict, seed: int, cross_fitted: bool = False,
-                 preprocess=None):
-    """(train set, validation set, description). Items: (JPEG float CHW, clean float CHW, label or QF).
+                 preprocess=None, protocol: str | None = None, clean_share: float = 0.0):
+    """(train set, validation set, description, {train_images, n_images, crop}). Items: (JPEG float CHW, clean
+    float CHW, label or QF); `clean_share` of the training items are left uncompressed (input = target = clean).
 
     The embedded classifier trains on shapes scenes of the train split (validation: the val split); real
-    classifiers on crops of a photo folder (features, default ../shared/data/train/BSDS500_train) or, for
-    fine-tuning, on a labelled ImageNet layout (`imagenet:DIR` wnid folders or `imagenet-flat:DIR`)."""
+    classifiers on crops of a photo folder (features and the out-of-domain protocol, default
+    ../shared/data/train/BSDS500_train + scikit-image photos) or on an ImageNet layout (`imagenet:DIR` wnid
+    folders or `imagenet-flat:DIR`: fine-tuning, and every method of the in-domain protocol, cross-fitted)."""
     from datamodules.fidelity import RandomCrops, load_train_records
     from datamodules.tasks import ShapesJPEGPairs
     from lightning_modules.task_models import SHAPES_TASK_MODELS
 
     qf_set, n = tuple(cfg["qf_set"]), cfg["steps"] * cfg["batch_size"]
+    n_val = int(cfg.get("val_items", 64))  # validation crops (a recipe's `val_items`: tests keep it tiny)
+    limit = cfg.get("train_images")  # the data-size curve (AFD Fig. 11): train on the first N photos only
     if backbone in SHAPES_TASK_MODELS and train_dir in (None, "shapes"):
+        if clean_share:
+            raise ConfigError("--clean-share needs photo or ImageNet training data, not the shapes scenes")
         crop = cfg["crop"] if kind == "features" else None  # a crop can lose the object a label names
         return (ShapesJPEGPairs(qf_set, n, seed=seed, crop=crop),
                 ShapesJPEGPairs(qf_set, 64, n_scenes=64, split="val", seed=seed),
-                f"shapes train split (first 2000 scenes), {crop or 128}px, JPEG QF {qf_set}")
-    if kind == "classifier":
+                f"shapes train split (first 2000 scenes), {crop or 128}px, JPEG QF {qf_set}",
+                {"train_images": "shapes train split (first 2000 scenes)", "n_images": None, "crop": crop or 128})
+    layout, sep, root = (train_dir or "").partition(":")
+    imagenet = sep and layout in ("imagenet", "imagenet-flat")
+    if protocol == "in-domain" and not train_dir:
+        train_dir = default_in_domain_set()
+        layout, sep, root = train_dir.partition(":")
+        imagenet = True
+    if protocol == "in-domain" and not imagenet:
+        raise ConfigError(f"--protocol in-domain trains on the ImageNet sample (imagenet-flat:DIR or imagenet:DIR), "
+                          f"not {train_dir!r}")
+    if protocol == "out-of-domain" and imagenet:
+        raise ConfigError(f"--protocol out-of-domain never trains on the evaluation photos ({train_dir}); give a "
+                          f"photo folder or nothing (BSDS500 train + scikit-image photos)")
+    if protocol == "in-domain" and cfg["crop"] != preprocess.crop:
+        raise ConfigError(f"--protocol in-domain trains on the classifier's own {preprocess.crop} crops, not "
+                          f"--crop {cfg['crop']}")
+    if kind == "classifier" and protocol != "out-of-domain" or protocol == "in-domain":
         from datamodules import classification as C
 
-        layout, sep, root = (train_dir or "").partition(":")
-        if not sep or layout not in ("imagenet", "imagenet-flat"):
+        if not imagenet:
             raise ValueError(f"fine-tuning {backbone} needs labelled images: --train-dir imagenet:DIR (wnid folders) "
                              f"or imagenet-flat:DIR (<wnid>_*.JPEG), not {train_dir!r}")
         samples = (C.imagenet_folders if layout == "imagenet" else C.imagenet_flat)(root).samples
+        if limit and cross_fitted:  # the copies still never score a photo they saw; the others train nothing
+            samples = samples[:limit]
+        named = f"{layout}:{Path(root).name}"
         if cross_fitted:  # every image trains the fold copies that never score it; validation = held-out folds
-            return (C.JPEGTrainingSet(samples, qf_set, n, seed, preprocess=preprocess, flip=True),
-                    C.JPEGTrainingSet(samples[::16], qf_set, 64, seed + 1, preprocess=preprocess),
-                    f"{train_dir}, JPEG QF {qf_set}, cross-fitted by class parity")
+            return (C.JPEGTrainingSet(samples, qf_set, n, seed, preprocess=preprocess, flip=True,
+                                      clean_share=clean_share),
+                    C.JPEGTrainingSet(samples[::16], qf_set, n_val, seed + 1, preprocess=preprocess),
+                    f"{train_dir}, JPEG QF {qf_set}, cross-fitted by class parity",
+                    {"train_images": named, "n_images": len(samples), "crop": preprocess.crop})
         val, train = samples[-64:], samples[:-64] or samples
-        return (C.JPEGTrainingSet(train, qf_set, n, seed), C.JPEGTrainingSet(val, qf_set, 64, seed + 1),
-                f"{train_dir}, JPEG QF {qf_set}")
+        train = train[:limit] if limit else train
+        return (C.JPEGTrainingSet(train, qf_set, n, seed, clean_share=clean_share),
+                C.JPEGTrainingSet(val, qf_set, n_val, seed + 1), f"{train_dir}, JPEG QF {qf_set}",
+                {"train_images": named, "n_images": len(train), "crop": C.CROP})
     records, name = load_train_records(None if train_dir == "shapes" else train_dir)
     crop = cfg["crop"]
-    if train_dir is None and backbone in PACKAGED_CLASSIFIERS:
+    if (train_dir is None or protocol == "out-of-domain") and backbone in PACKAGED_CLASSIFIERS:
         records, name = _photos_at_classifier_scale(records, name, backbone)
     val, train = records[-8:], records[:-8] or records
-    return (RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set),
-            RandomCrops(val, crop=crop, length=64, seed=seed + 1, qf_set=qf_set),
-            f"{name} {crop}px crops, JPEG QF {qf_set}")
+    train = train[:limit] if limit else train
+    train_set = RandomCrops(train, crop=crop, length=n, seed=seed, qf_set=qf_set, clean_share=clean_share)
+
+    return (train_set, RandomCrops(val, crop=crop, length=n_val, seed=seed + 1, qf_set=qf_set),
+            f"{name} {crop}px crops, JPEG QF {qf_set}",
+            {"train_images": without_paths(name), "n_images": len(train_set.records), "crop": crop})
 
 
 def _photos_at_classifier_scale(records, name: str, backbone: str):
@@ -422,7 +608,9 @@ def main(args) -> int:
               seed=args.seed, train_dir=args.train_dir, out=args.out, accelerator=args.accelerator,
               devices=args.devices, noise2noise=args.noise2noise, qf_range=args.qf_range, init=args.init,
               resume=args.resume, ckpt_dir=args.ckpt_dir, stages=args.stage, config=args.config,
-              task_model=args.task_model, task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set)
+              task_model=args.task_model, task_weights=args.task_weights, depth=args.depth, qf_set=args.qf_set,
+              protocol=args.protocol, labels=args.labels, clean_share=args.clean_share, loss=args.loss,
+              save_at=args.save_at, train_images=args.train_images)
     except ConfigError as e:  # e.g. unknown keys in the recipe
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -250,7 +250,7 @@ def check_compare(args: argparse.Namespace) -> None:
 
 
 def check_train(args: argparse.Namespace) -> None:
-    positive(args, "steps", "batch_size", "crop")
+    positive(args, "steps", "batch_size", "crop", "train_images")
     if args.task:
         name = args.model or next(n for n, t in SHAPES_MODEL_TASKS.items() if t == args.task)
         if SHAPES_MODEL_TASKS.get(name) != args.task:
@@ -261,8 +261,23 @@ def check_train(args: argparse.Namespace) -> None:
         methods([args.method or "dncnn"], None if args.method and "." in args.method else args.preset)
     if args.task_model:
         task_model(["classification"], args.task_model)
-    if args.train_dir and not Path(args.train_dir).is_dir():
+    layout, sep, folder = (args.train_dir or "").partition(":")
+    if not sep or layout not in ("imagenet", "imagenet-flat"):  # a labelled layout names its folder after the colon
+        folder = args.train_dir
+    if folder and folder != "shapes" and not Path(folder).is_dir():
         raise UsageError(f"--train-dir {args.train_dir}: folder does not exist")
+    clean_share = getattr(args, "clean_share", None)
+    if clean_share is not None and not 0 <= clean_share < 1:
+        raise UsageError(f"--clean-share {clean_share}: a share of the crops in [0, 1)")
+    save_at = getattr(args, "save_at", None)
+    if save_at:
+        try:
+            fractions = [float(t) for t in save_at.split(",") if t.strip()]
+        except ValueError:
+            fractions = []
+        if not fractions or any(not 0 < f <= 1 for f in fractions):
+            raise UsageError(f"--save-at {save_at!r}: a comma list of fractions of the steps in (0, 1], "
+                             f"e.g. 0.25,0.5,1")
 
 
 def check_check(args: argparse.Namespace) -> None:

@@ -38,6 +38,7 @@ from benchmark.evaluate.common import (
     quiet_lightning,
     single_process,
 )
+from benchmark.evaluate import training_protocol
 from benchmark.evaluate.score_cache import TaskReferenceResults, items_digest
 from benchmark.evaluate.task_specs import (  # noqa: F401 -- the request vocabulary, light to import
     NO_RESTORATION,
@@ -447,6 +448,9 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "weights": "" if scored is None else scored.weights_path,
         "weights_sha256": "" if scored is None else
         leaderboard.weights_sha256(getattr(scored, "weights_file", "") or scored.weights_path),
+        # how that file was trained (the checkpoint's record; "" without a file)
+        "protocol": "" if scored is None else
+        training_protocol.of_weights(getattr(scored, "weights_file", "") or scored.weights_path),
         "codec_lib": codec_lib(codec, versions) if c is not None else "",
         "carbench_version": leaderboard.carbench_version(), "git_commit": leaderboard.git_commit(),
         "command": leaderboard.command(),

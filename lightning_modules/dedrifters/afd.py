@@ -188,6 +188,47 @@ class DeDrifted(nn.Module):
     def features(self, x: torch.Tensor, dedrift: bool = True) -> torch.Tensor:
         return self._run(x, apply=dedrift, stop=True)
 
+    def logits(self, x: torch.Tensor, dedrift: bool = True) -> torch.Tensor:
+        """The whole classifier's output, with the de-drifter applied or bypassed."""
+        return self._run(x, apply=dedrift, stop=False)
+
+
+class FoldDeDrifted(DeDrifted):
+    """`DeDrifted` for cross-fitted de-drifters (`FoldDeDrifters`): `forward(x, labels)`; an image's fold is its
+    class index mod the number of copies (one photo per class in the ImageNet sample: a split by image) and only
+    picks the copy -- the loss never sees a label. Evaluation (eval mode) routes each image to the copy of its own
+    fold, which never learnt from it; training routes it to the next fold's copy (the one that may learn from it)."""
+
+    routes_by_label = True
+
+    def _route(self, labels: torch.Tensor | None) -> None:
+        if labels is None:
+            raise ValueError("a cross-fitted de-drifter picks its copy by the image's fold: pass the labels")
+        k = self.dedrifter.n_folds
+        folds = labels.to(self.dedrifter.device_hint()).long() % k
+        self.dedrifter.route = (folds + 1) % k if self.training else folds
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.logits(x, True, labels)
+
+    def features(self, x: torch.Tensor, dedrift: bool = True, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not dedrift:
+            return self._run(x, apply=False, stop=True)
+        self._route(labels)
+        try:
+            return self._run(x, apply=True, stop=True)
+        finally:
+            self.dedrifter.route = None
+
+    def logits(self, x: torch.Tensor, dedrift: bool = True, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if not dedrift:
+            return self._run(x, apply=False, stop=False)
+        self._route(labels)
+        try:
+            return self._run(x, apply=True, stop=False)
+        finally:
+            self.dedrifter.route = None
+
 
 # ---- FDE-Net: frequency guide ----------------------------------------------------------------------------------------
 def dct_matrix(n: int = BLOCK) -> torch.Tensor:
@@ -409,6 +450,46 @@ class DegradationPrior(FeatureDeDrifter):
         return self._finish(features + self.merge(torch.cat([x1, x2, x3], 1)))
 
 
+class FoldDeDrifters(nn.Module):
+    """Cross-fitted de-drifters (the in-domain protocol): `folds` copies of one de-drifter, copy k trained only on
+    images whose fold (class index mod `folds`) is not k and used only on images whose fold is k, so no image is
+    corrected by a copy that saw it. `route` (one fold per image of the batch) is set by `FoldDeDrifted`."""
+
+    def __init__(self, copies: list[FeatureDeDrifter]):
+        super().__init__()
+        self.folds = nn.ModuleList(copies)
+        first = copies[0]
+        self.backbone, self.depth, self.layers = first.backbone, first.depth, first.layers
+        self.channels, self.nonneg, self.n_folds = first.channels, first.nonneg, len(copies)
+        self.route: torch.Tensor | None = None
+
+    def device_hint(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        route = self.route
+        if route is None or len(route) != features.shape[0]:
+            raise RuntimeError("a cross-fitted de-drifter needs each image's fold (FoldDeDrifted routes them)")
+        out = features
+        for j, copy in enumerate(self.folds):
+            sel = (route == j).nonzero().flatten()
+            if sel.numel():
+                out = out.index_copy(0, sel, copy(features[sel], image[sel]))
+        return out
+
+    def reparameterize(self) -> None:
+        for copy in self.folds:
+            if hasattr(copy, "reparameterize"):
+                copy.reparameterize()
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) of the softmax outputs, averaged over the batch (temperature 1): the label-free
+    logit distillation loss (the frozen network on the clean image teaches the corrected one on the JPEG)."""
+    return F.kl_div(F.log_softmax(student_logits.float(), 1), F.log_softmax(teacher_logits.float(), 1),
+                    log_target=True, reduction="batchmean")
+
+
 def check_backbone(module: L.LightningModule, name: str) -> None:
     """A de-drifter (or fine-tuned classifier) serves the backbone it was trained for, and no other."""
     if backbone_family(name) != backbone_family(module.net.backbone):
@@ -430,28 +511,44 @@ class DeDriftModule(L.LightningModule):
         self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.method_name, self.preset_name, self.weights_path = "dedrifter", "", ""
         self.plugged: DeDrifted | None = None
+        self.loss_name = "feature-mse"  # or "logit-kl": KL(frozen net on the clean image || de-drifted net on JPEG)
 
     def attach(self, classifier: nn.Module, name: str, deploy: bool = True) -> DeDrifted:
         """The classifier with this de-drifter inserted; deploy=True re-parameterises it first (inference)."""
         check_backbone(self, name)
         if deploy and hasattr(self.net, "reparameterize"):
             self.net.reparameterize()
-        self.plugged = DeDrifted(classifier, self.net, self.net.layers)
+        wrap = FoldDeDrifted if isinstance(self.net, FoldDeDrifters) else DeDrifted
+        self.plugged = wrap(classifier, self.net, self.net.layers)
         return self.plugged
 
-    def training_step(self, batch, batch_idx):
-        corrupted, clean = batch[0], batch[1]
+    def _fold_kw(self, batch) -> dict:
+        """The labels a cross-fitted de-drifter routes by (batch[2]); nothing for a single one."""
+        return {"labels": batch[2]} if isinstance(self.net, FoldDeDrifters) else {}
+
+    def loss(self, batch) -> torch.Tensor:
+        """The training loss of one batch (corrupted or clean inputs, clean images) -- never a label."""
+        corrupted, clean, kw = batch[0], batch[1], self._fold_kw(batch)
+        if self.loss_name == "logit-kl":
+            with torch.no_grad():
+                teacher = self.plugged.logits(clean, dedrift=False)
+            return distillation_kl(self.plugged.logits(corrupted, **kw), teacher)
+        if self.loss_name not in ("feature-mse", "mse"):
+            raise ValueError(f"loss {self.loss_name!r}: a de-drifter trains with feature-mse or logit-kl")
         with torch.no_grad():
             target = self.plugged.features(clean, dedrift=False)
-        loss = F.mse_loss(self.plugged.features(corrupted), target)
+        return F.mse_loss(self.plugged.features(corrupted, **kw), target)
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        corrupted, clean = batch[0], batch[1]
+        corrupted, clean, kw = batch[0], batch[1], self._fold_kw(batch)
         target = self.plugged.features(clean, dedrift=False)
         before = F.mse_loss(self.plugged.features(corrupted, dedrift=False), target)
-        after = F.mse_loss(self.plugged.features(corrupted), target)
+        after = F.mse_loss(self.plugged.features(corrupted, **kw), target)
         # the feature error removed, in dB (> 0: closer to the clean features than the plain backbone)
         self.log("val_feature_gain_db", 10 * torch.log10(before / after.clamp_min(1e-12)), prog_bar=True)
 
@@ -492,19 +589,35 @@ class FineTuneModule(L.LightningModule):
         self.net = net
         self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.method_name, self.preset_name, self.weights_path = "jpeg_finetune", "", ""
+        self.labels = True  # False: label-free distillation from the frozen classifier's clean predictions
+        self.teacher: nn.Module | None = None
 
     def attach(self, classifier: nn.Module, name: str, deploy: bool = True) -> nn.Module:
-        """The fine-tuned classifier replaces `classifier` (same architecture, its own weights)."""
+        """The fine-tuned classifier replaces `classifier` (same architecture, its own weights); in training the
+        frozen `classifier` is the distillation teacher."""
         check_backbone(self, name)
+        if not deploy:
+            self.__dict__["teacher"] = classifier.eval()  # not a submodule: never trained nor saved
         return self.net.eval() if deploy else self.net
 
     def training_step(self, batch, batch_idx):
-        loss = F.cross_entropy(self.net(batch[0]), batch[2])  # (float JPEG image, clean image, label)
+        logits = self.net(batch[0])  # (float JPEG image, clean image, label)
+        if self.labels:
+            loss = F.cross_entropy(logits, batch[2])
+        else:
+            with torch.no_grad():
+                teacher = self.teacher.to(batch[1].device)(batch[1])
+            loss = distillation_kl(logits, teacher)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val_acc", (self.net(batch[0]).argmax(1) == batch[2]).float().mean(), prog_bar=True)
+        pred = self.net(batch[0]).argmax(1)
+        if self.labels:
+            self.log("val_acc", (pred == batch[2]).float().mean(), prog_bar=True)
+        else:  # label-free: agreement with the frozen classifier on the clean image
+            agree = pred == self.teacher.to(batch[1].device)(batch[1]).argmax(1)
+            self.log("val_agreement", agree.float().mean(), prog_bar=True)
 
     configure_optimizers = DeDriftModule.configure_optimizers
 
@@ -603,6 +716,7 @@ class FoldFineTuneModule(L.LightningModule):
         self.lr, self.lr_milestones, self.lr_gamma = lr, tuple(lr_milestones), lr_gamma
         self.method_name, self.preset_name, self.weights_path = "jpeg_finetune", "", ""
         self.routed: FoldRouted | None = None
+        self.labels = True  # False: label-free distillation (the label, if any, only picks the fold copy)
 
     def attach(self, classifier: nn.Module, name: str, deploy: bool = True) -> FoldRouted:
         check_backbone(self, name)
@@ -610,13 +724,24 @@ class FoldFineTuneModule(L.LightningModule):
         return self.routed.eval() if deploy else self.routed
 
     def training_step(self, batch, batch_idx):
-        loss = F.cross_entropy(self.routed(batch[0], batch[2]), batch[2])
+        logits = self.routed(batch[0], batch[2])
+        if self.labels:
+            loss = F.cross_entropy(logits, batch[2])
+        else:
+            with torch.no_grad():
+                teacher = self.routed.classifier(batch[1])  # the frozen classifier on the clean crop
+            loss = distillation_kl(logits, teacher)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):  # scored by the copies that did not learn from these images
         self.routed.eval()
-        self.log("val_acc", (self.routed(batch[0], batch[2]).argmax(1) == batch[2]).float().mean(), prog_bar=True)
+        pred = self.routed(batch[0], batch[2]).argmax(1)
+        if self.labels:
+            self.log("val_acc", (pred == batch[2]).float().mean(), prog_bar=True)
+        else:
+            self.log("val_agreement", (pred == self.routed.classifier(batch[1]).argmax(1)).float().mean(),
+                     prog_bar=True)
         self.routed.train(self.training)
 
     configure_optimizers = DeDriftModule.configure_optimizers
@@ -663,8 +788,8 @@ _ABLATIONS = {  # Tables II-III on the embedded classifier, plus the release's p
     description="AFD-Module: DCT-guided RepConv U-Net de-drifting a frozen classifier's shallow features (Peng et al.)",
     module_cls=DeDriftModule,
 )
-def build_afd(**kwargs) -> AFDNet:
-    return AFDNet(**kwargs)
+def build_afd(folds: int | None = None, **kwargs) -> AFDNet | FoldDeDrifters:
+    return AFDNet(**kwargs) if folds is None else FoldDeDrifters([AFDNet(**kwargs) for _ in range(folds)])
 
 
 @register(
@@ -684,8 +809,9 @@ def build_afd(**kwargs) -> AFDNet:
     description="DDP feature de-drifting module (Wang et al., CVPR 2020), the AFD paper's feature baseline",
     module_cls=DeDriftModule,
 )
-def build_degradation_prior(**kwargs) -> DegradationPrior:
-    return DegradationPrior(**kwargs)
+def build_degradation_prior(folds: int | None = None, **kwargs) -> DegradationPrior | FoldDeDrifters:
+    return DegradationPrior(**kwargs) if folds is None else \
+        FoldDeDrifters([DegradationPrior(**kwargs) for _ in range(folds)])
 
 
 @register(
