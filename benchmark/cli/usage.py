@@ -291,10 +291,6 @@ def check_check(args: argparse.Namespace) -> None:
 
 def check_efficiency(args: argparse.Namespace) -> None:
     positive(args, "size", "repeat")
-    if not args.dry_run:  # the default board is the committed one
-        from benchmark.boards.provenance import COMMITTED_BOARDS
-
-        board_folder(args.leaderboard or str(COMMITTED_BOARDS / "efficiency.csv"), False)
     from lightning_modules.registry import _REGISTRY, _plugin_entry_points
 
     known = [f"{m}.{p}" for m, ps in {**BUILTIN_PRESETS, **{n: tuple(e.presets) for n, e in _REGISTRY.items()}}.items()
@@ -303,6 +299,10 @@ def check_efficiency(args: argparse.Namespace) -> None:
         if not any(fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n.split(".")[0], pattern) for n in known) \
                 and not _plugin_entry_points():
             raise UsageError(f"--method {pattern!r}: no method matches {pattern!r}; see `benchmark list`")
+    if not args.dry_run:  # the default board is the committed one
+        from benchmark.boards.provenance import COMMITTED_BOARDS
+
+        board_folder(args.leaderboard or str(COMMITTED_BOARDS / "efficiency.csv"), False)
 
 
 def check_bench(args: argparse.Namespace) -> None:
