@@ -57,6 +57,20 @@ def run_check(suites: list[str] | None = None, committed_dir: str | Path | None 
                 except HumanModelsError as e:
                     print(f"check: {suite} suite skipped ({e})", flush=True)
                     continue
+            if suite == "photos-segmentation":
+                from datamodules.sources import default_data_root
+                from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+
+                root = default_data_root()
+                if root is None or not (root / "BSDS500_test").is_dir():
+                    print(f"check: {suite} suite skipped (no BSDS500_test: set $CARBENCH_DATA)", flush=True)
+                    continue
+                try:
+                    human_model_files("selfie")
+                except HumanModelsError as e:
+                    print(f"check: {suite} suite skipped ({e})", flush=True)
+                    continue
+                argv += ["--dataset", f"photos:{root / 'BSDS500_test'}"]
             if suite == "fidelity" and methods:
                 argv[argv.index("--method") + 1] = methods
             print(f"check: benchmark {' '.join(argv)}", flush=True)

@@ -163,3 +163,7 @@ SUITE["imagenet"] = IMAGENET_SUITE
 # files are installed (docker/install.sh)
 SUITE["photos-detection"] = ["run", "--task", "detection", "--task-model", "centernet_mbv3", "--method", "jpeg,fbcnn",
                              "--qf", "10", "--n-images", "100"]
+# the real person segmenter on the first 50 BSDS500 test photos (person-mask consistency, photos selected by the
+# clean mask), where the test sets (../shared or $CARBENCH_DATA) and its files are there
+SUITE["photos-segmentation"] = ["run", "--task", "segmentation", "--task-model", "selfie_seg", "--method",
+                                "jpeg,fbcnn", "--qf", "10", "--n-images", "50"]
