@@ -81,7 +81,7 @@ def test_port_equals_the_graph_on_real_photos(family):
             y64, y32 = net64(x.double()), net(x)
         if stem == "selfie":
             y64, y32 = torch.sigmoid(y64), torch.sigmoid(y32)
-        say = lambda m, name=name: f"{stem} on {name}: {m}"  # noqa: E731 -- which photo failed
+        say = lambda m, name=name: f"{stem} on {name}: {m}"  # which photo failed
         torch.testing.assert_close(y64, ref64, atol=1e-9, rtol=0, msg=say)
         if stem == "selfie":
             torch.testing.assert_close(y32.double(), ref64, atol=1e-4, rtol=0, msg=say)
