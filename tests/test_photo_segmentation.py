@@ -260,3 +260,19 @@ def test_real_selfie_is_the_photo_default_and_equals_the_values_by_hand(tmp_path
     assert direct.loc["consistency_boundary_f", "value"] == pytest.approx(100 * fs.mean(), abs=1e-3)
     assert set(rows["n_images"]) == {len(names)}
     assert len(list((tmp_path / "lb" / "per_image" / "segmentation").glob("*.csv.gz"))) == len(rows)
+
+
+def test_check_suite_is_skipped_with_a_message_without_the_segmenter_files(tmp_path, monkeypatch, capsys):
+    from benchmark.cli.check import run_check
+    from benchmark.cli.common import SUITE
+    from lightning_modules import registry
+
+    assert SUITE["photos-segmentation"][:5] == ["run", "--task", "segmentation", "--task-model", "selfie_seg"]
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    monkeypatch.setenv("CARBENCH_HUMAN_MODELS", str(empty / "human-models"))
+    monkeypatch.setattr(registry, "weight_search_dirs", lambda: [empty])
+    rc, findings = run_check(["photos-segmentation"], committed_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert rc == 0 and findings == []
+    assert "photos-segmentation suite skipped" in out and "selfie.json" in out
