@@ -205,8 +205,7 @@ def _to_torch(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.permute(2, 3, 0, 1) if depthwise else tensor.permute(3, 2, 0, 1)
 
 
-def load_graph_weights(net: PersonSegNet, source, pairs: list[tuple[str, str]], family: str,
-                       extra_tensors: tuple[str, ...] = ()) -> PersonSegNet:
+def load_graph_weights(net: PersonSegNet, source, pairs: list[tuple[str, str]], family: str) -> PersonSegNet:
     """Fill `net` from its graph (a `.json` path, or already-read (graph, weights)) by the family's table `pairs`
     (parameter, graph tensor): every parameter from its named tensor, every filter/bias/kernel tensor of the graph
     used, the hard-swish constants read from the graph's scalars (one scale and one offset throughout). A missing,
@@ -216,7 +215,7 @@ def load_graph_weights(net: PersonSegNet, source, pairs: list[tuple[str, str]], 
     params = dict(net.named_parameters())
     if sorted(p for p, _ in pairs) != sorted(params):
         raise GraphError(f"{family} mapping does not cover the module: {sorted(set(params) ^ {p for p, _ in pairs})}")
-    state, used = {}, set(extra_tensors)
+    state, used = {}, set()
     for param, tf_name in pairs:
         if tf_name not in weights:
             raise GraphError(f"{where}: tensor {tf_name!r} (for {param}) is missing: not the graph of "
