@@ -101,3 +101,33 @@ class WithPseudoBoxes(Dataset):
     def __getitem__(self, i: int):
         image, target = self.photos[i]
         return image, {**target, "boxes": self.boxes[i]["boxes"], "labels": self.boxes[i]["labels"]}
+
+
+class WithPseudoMasks(Dataset):
+    """The photos whose clean mask covers at least `min_share` of their pixels, with that mask as their target:
+    the reference of person-mask consistency (issue 29). `masks`: the segmenter's (H, W) 0/1 mask on each clean
+    photo; `selected` the kept photos' indices, `skipped` the others' (name, share), counted and reported, never
+    silently dropped. Items are `(uint8 CHW photo, (H, W) int64 mask)`; `names` follow the selection."""
+
+    def __init__(self, photos: Dataset, masks: list[torch.Tensor], min_share: float):
+        if len(masks) != len(photos):
+            raise ValueError(f"{len(masks)} masks for {len(photos)} photos")
+        if not 0 <= min_share < 1:
+            raise ValueError(f"min_share {min_share} must be in [0, 1)")
+        self.photos, self.min_share = photos, min_share
+        names = list(getattr(photos, "names", None) or getattr(getattr(photos, "base", None), "names", None)
+                     or [str(i) for i in range(len(photos))])
+        self.shares = [float(m.float().mean()) for m in masks]
+        self.selected = [i for i, s in enumerate(self.shares) if s >= min_share and s > 0]
+        self.skipped = [(names[i], s) for i, s in enumerate(self.shares) if i not in set(self.selected)]
+        self.masks = [masks[i].long() for i in self.selected]
+        self.names = [names[i] for i in self.selected]
+        if not self.selected:
+            raise ValueError(f"no photo's clean mask covers {min_share:.0%} of its pixels "
+                             f"({len(self.skipped)} photos skipped; the largest share is {max(self.shares):.1%})")
+
+    def __len__(self) -> int:
+        return len(self.selected)
+
+    def __getitem__(self, i: int):
+        return self.photos[self.selected[i]][0], self.masks[i]

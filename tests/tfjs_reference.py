@@ -43,6 +43,33 @@ def _conv(x, w, attr, depthwise: bool):
     return F.conv2d(x, weight, stride=stride, dilation=dil, groups=groups).permute(0, 2, 3, 1)
 
 
+def _avg_pool(x, attr):
+    """NHWC average pool; SAME pads with nothing counted (TF divides by the pixels inside the image)."""
+    k, s = _ints(attr, "ksize")[1:3], _ints(attr, "strides")[1:3]
+    x = x.permute(0, 3, 1, 2)
+    if _s(attr, "padding") == "SAME":
+        ones = _same_pad(torch.ones_like(x[:1, :1]), k, s)
+        y = F.avg_pool2d(_same_pad(x, k, s), k, s) / F.avg_pool2d(ones, k, s)
+    else:
+        y = F.avg_pool2d(x, k, s)
+    return y.permute(0, 2, 3, 1)
+
+
+def _conv_transpose(x, w, out_sizes, attr):
+    """TF Conv2DBackpropInput (a transposed conv): filter H W out in, output NHWC of `out_sizes`. The full
+    transposed output ((n - 1) * s + k) is cropped like the forward SAME conv pads: pad_total // 2 at the start."""
+    stride = _ints(attr, "strides")[1:3]
+    y = F.conv_transpose2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), stride=stride)
+    crops = []
+    for full, out, n, kk, st in zip(y.shape[-2:], out_sizes[1:3], x.shape[1:3], w.shape[:2], stride):
+        if _s(attr, "padding") == "SAME":
+            total = max((n - 1) * st + kk - out, 0)
+        else:  # VALID: out = (n - 1) * s + k, nothing cropped
+            total = 0
+        crops.append(slice(total // 2, total // 2 + out))
+    return y[..., crops[0], crops[1]].permute(0, 2, 3, 1)
+
+
 def _fused(y, ins, attr):
     ops = [base64.b64decode(s).decode() for s in attr.get("fused_ops", {}).get("list", {}).get("s", [])]
     for i, op in enumerate(ops):
@@ -158,6 +185,20 @@ def evaluate(graph: dict, weights: dict[str, torch.Tensor], inputs: dict[str, to
             if _s(attr, "padding") == "SAME":
                 x = _same_pad(x, k, s).masked_fill(_same_pad(torch.ones_like(x[:1, :1]), k, s) == 0, float("-inf"))
             v = F.max_pool2d(x, k, s).permute(0, 2, 3, 1)
+        elif op == "AvgPool":
+            v = _avg_pool(ins[0], attr)
+        elif op == "AddN":
+            v = ins[0]
+            for t in ins[1:]:
+                v = v + t
+        elif op == "BiasAdd":  # NHWC: the bias runs along the last axis
+            v = ins[0] + ins[1]
+        elif op == "MatMul":
+            a = ins[0].T if attr.get("transpose_a", {}).get("b") else ins[0]
+            b = ins[1].T if attr.get("transpose_b", {}).get("b") else ins[1]
+            v = a @ b
+        elif op == "Conv2DBackpropInput":
+            v = _conv_transpose(ins[2], ins[1], [int(d) for d in ins[0].tolist()], attr)
         elif op == "Reshape":
             v = ins[0].reshape([int(d) for d in ins[1].tolist()])
         elif op == "Transpose":

@@ -11,7 +11,8 @@ results from which `benchmark.metrics.coco_resample` recomputes COCO mAP on any 
 digests, then per detection: image, category, score, per-IoU-threshold true/false positive bits; per image and
 category: non-ignored ground truths; gzip mtime 0, atomic, about 0.2 MB per 1000 photos and 30 detections each).
 Label-proxy rows keep their per-photo 0/1 hits, segmentation rows the per-image counts (`inter_XX`, `union_XX`,
-`label_XX` per class, `correct`, `total`) in the CSV.
+`label_XX` per class, `correct`, `total`) in the CSV; segmentation rows on photos add their per-photo
+`consistency_iou` and `consistency_boundary_f`.
 
 `delta`, `delta_lo`, `delta_hi`: the row's headline metric minus its reference row's (fidelity: `psnr` vs `jpeg`
 on the same data set, channels and corruption; tasks: the row's metric vs `direct`, or `clean` for codec `none`),
@@ -161,9 +162,11 @@ def _common(a: dict, b: dict):
 def paired(a: dict, b: dict, metric: str, scale: float = 1.0) -> Paired:
     """`a`'s metric minus `b`'s, paired on the image digest (a digest seen k times pairs its k-th occurrences);
     only images in both files count, and the note says when the sets differ. Set-level metrics (detection
-    `_matches`: COCO mAP; segmentation counts: mIoU, mAcc, aAcc) are recomputed for both on each resample."""
+    `_matches`: COCO mAP; segmentation counts: mIoU, mAcc, aAcc) are recomputed for both on each resample; a metric
+    kept as a per-image column (segmentation on photos: `consistency_iou`, `consistency_boundary_f`) resamples its
+    mean."""
     ia, ib, note = _common(a, b)
-    if "_matches" in a or "inter_00" in a:
+    if "_matches" in a or ("inter_00" in a and metric not in a):
         sa, sb = set_statistic(a, metric), set_statistic(b, metric)
         if sa is None or sb is None:
             raise ValueError(f"no per-image results for {metric}")
@@ -247,9 +250,11 @@ def _content(values: dict) -> str:
 
 def gives(values: dict, metric: str) -> bool:
     """Whether per-image results give `metric`: a per-image column, or a set-level statistic of them."""
+    if metric in values and metric not in ("image", "digest"):  # a per-image column
+        return True
     if "_matches" in values or "inter_00" in values:
         return set_statistic(values, metric) is not None
-    return metric in values
+    return False
 
 
 def _reference_values(board_path, ref: dict, key, cache: dict) -> dict | None:

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                "task model on clean, corrupted (direct) and restored images; the "
                                                "dataset defaults to `shapes`, --leaderboard is then a folder")
     g.add_argument("--task-model", default=None, help="task network (default: the shipped shapes model; real "
-                                                     "datasets: efficientnet_lite0 / fasterrcnn_resnet50_fpn / pspnet_r50-d8)")
+                                                     "datasets: efficientnet_lite0 / centernet_mbv3 / pspnet_r50-d8; "
+                                                     "segmentation on photos: selfie_seg)")
     g.add_argument("--task-weights", default=None, help="weights file of the task network")
     g.add_argument("--n-images", type=int, default=None, help="images per task (shapes default 300/150/150)")
     g.add_argument("--batch-size", type=int, default=16)
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seg-mode", default="whole", choices=["whole", "slide"], help="PSPNet inference as mmseg's "
                                                                                  "test_cfg mode (real models)")
     g.add_argument("--wnids", default=None, help="ImageNet: file listing the model's 1000 wnids in class order")
+    g.add_argument("--min-mask-share", type=float, default=0.1,
+                   help="segmentation on photos: score the photos whose clean person mask covers at least this "
+                        "share of the pixels (the others are skipped and counted; default 0.1)")
     r.add_argument("--quiet", action="store_true", help="no progress bars (they go to stderr)")
     r.set_defaults(module="run")
 

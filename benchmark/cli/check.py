@@ -26,10 +26,23 @@ def missing_needs(need: str) -> tuple[str | None, list[str]]:
     """(why a run with this need cannot run here, or None; the `--dataset` arguments it gets)."""
     if need == "":
         return None, []
-    if need == "test-sets":
+    if need in ("test-sets", "selfie"):
         from datamodules.sources import default_data_root
 
-        return (None, []) if default_data_root() else ("no test sets: set $CARBENCH_DATA or --data-root", [])
+        root = default_data_root()
+        if root is None:
+            return "no test sets: set $CARBENCH_DATA or --data-root", []
+        if need == "test-sets":
+            return None, []
+        if not (root / "BSDS500_test").is_dir():
+            return f"no BSDS500_test in {root}", []
+        from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+
+        try:
+            human_model_files("selfie")
+        except HumanModelsError as e:
+            return str(e), []
+        return None, ["--dataset", f"photos:{root / 'BSDS500_test'}"]
     from datamodules.classification import default_imagenet_folder
 
     folder = default_imagenet_folder()

@@ -148,8 +148,9 @@ def baseline_methods(exclude: list[str], restorers: bool = True) -> list[str]:
 # ---- `benchmark check`: its suites (here, light: the command line checks --suite before the boards are imported)
 # suite -> its runs: (the `benchmark` arguments, what the run needs beyond the checkout). Needs: "" nothing (the
 # embedded default); "test-sets" ($CARBENCH_DATA or ../shared/data/test); "imagenet" (the ImageNet sample:
-# $CARBENCH_IMAGENET or ../shared); "centernet" (the sample + the detector's files, docker/install.sh). A run whose
-# needs are missing is skipped with a message; a method whose weights file is not found is left out, named.
+# $CARBENCH_IMAGENET or ../shared); "centernet" (the sample + the detector's files, docker/install.sh); "selfie"
+# (BSDS500_test + the person segmenter's files). A run whose needs are missing is skipped with a message; a method
+# whose weights file is not found is left out, named.
 SUITE: dict[str, list[tuple[list[str], str]]] = {
     "fidelity": [(["run", "--method", "dncnn,dagn,n2n_unet,jarcal,dualpriors,arcnn,fbcnn", "--qf", "10,20"], "")],
     "tasks": [(["run", "--task", "classification,detection,segmentation", "--method", "jpeg,dncnn", "--qf", "10,20"],
@@ -173,9 +174,16 @@ SUITE: dict[str, list[tuple[list[str], str]]] = {
         (["run", "--task", "detection", "--task-model", "centernet_mbv3", "--method",
           "jpeg,jarcal,dagn,urie,fbcnn,dncnn,arcnn,n2n_unet", "--qf", "10", "--n-images", "100"], "centernet"),
     ],
+    # the real person segmenter on the first 50 BSDS500 test photos (person-mask consistency, photos selected by the
+    # clean mask: 26 of them), beside the README's 200-photo rows
+    "headline-segmentation": [
+        (["run", "--task", "segmentation", "--task-model", "selfie_seg", "--method", "jpeg,fbcnn", "--qf", "10",
+          "--n-images", "50"], "selfie"),
+    ],
 }
 # names that stand for several suites
-SUITE_ALIASES = {"headline": ["headline-fidelity", "headline-classification", "headline-detection"]}
+SUITE_ALIASES = {"headline": ["headline-fidelity", "headline-classification", "headline-detection",
+                              "headline-segmentation"]}
 
 
 def expand_suites(names: list[str]) -> list[str]:

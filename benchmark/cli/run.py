@@ -236,7 +236,8 @@ def _run_tasks(args, methods, corruptions) -> int:
                       weights=args.weights, batch_size=args.batch_size, tile=args.tile, cache_dir=args.cache_dir,
                       use_cache=not args.no_cache, accelerator=args.accelerator, devices=args.devices,
                       progress=not args.quiet, imagenet_c_resave=args.imagenet_c_resave, wnids=args.wnids,
-                      seg_mode=args.seg_mode, add_reference=not args.no_reference, memory_budget=args.memory_budget)
+                      seg_mode=args.seg_mode, add_reference=not args.no_reference, memory_budget=args.memory_budget,
+                      min_mask_share=args.min_mask_share)
     t0 = time.time()
     folder = args.leaderboard or str(leaderboard.user_results_dir())
     rank0 = int(os.environ.get("RANK", "0")) == 0  # DDP: rank 0 reports and writes

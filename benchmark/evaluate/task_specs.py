@@ -9,10 +9,12 @@ NO_RESTORATION = {"jpeg", "direct", "none"}  # names that mean "score the corrup
 
 
 # dataset kind -> the tasks it serves
-REAL_DATASETS = {"imagenet": ("classification", "detection"), "imagenet-flat": ("classification", "detection"),
+REAL_DATASETS = {"imagenet": ("classification", "detection", "segmentation"),
+                 "imagenet-flat": ("classification", "detection", "segmentation"),
                  "cub200": ("classification",), "flowers102": ("classification",), "coco": ("detection",),
-                 "voc": ("segmentation",), "photos": ("detection",)}
-PHOTO_KINDS = {"imagenet", "imagenet-flat", "photos"}  # detection on them: no annotations, consistency + label proxy
+                 "voc": ("segmentation",), "photos": ("detection", "segmentation")}
+# detection and segmentation on them: no annotations; consistency with the clean photo's output (+ label proxy)
+PHOTO_KINDS = {"imagenet", "imagenet-flat", "photos"}
 
 
 def parse_dataset(spec: str) -> tuple[str, str | None]:

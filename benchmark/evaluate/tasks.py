@@ -13,7 +13,11 @@ classification, `coco:DIR` (val2017 + annotations) for detection, `voc:DIR` (VOC
 Detection also runs on unannotated photos (`photos:DIR`, any image folder, and the ImageNet layouts), scored
 against two references named by the metric: `consistency_map*` (COCOeval with the detector's clean-image
 detections scoring >= 0.3 as ground truth: the protocol when no annotations exist) and `label_proxy` (photos whose
-ImageNet class is a COCO category: is a detection of that category scoring >= 0.3 there?).
+ImageNet class is a COCO category: is a detection of that category scoring >= 0.3 there?). Segmentation on the
+same photos (issue 29) scores a person segmenter (`selfie_seg`, the default there) against its own mask on the clean
+photo, on the photos where that mask covers at least `TaskRequest.min_mask_share` of the pixels (the others are
+skipped, counted and reported): `consistency_iou` (mean per-photo IoU of the person masks) and
+`consistency_boundary_f` (mean per-photo boundary F-score, `benchmark.metrics.segmentation.boundary_f_score`).
 """
 
 from __future__ import annotations
@@ -50,14 +54,22 @@ from benchmark.evaluate.task_specs import (  # noqa: F401 -- the request vocabul
 )
 from benchmark.metrics import PerImageMean, task_metric
 from benchmark.metrics.detection import LabelProxy
-from benchmark.metrics.segmentation import per_image_counts
+from benchmark.metrics.segmentation import (
+    boundary_f_score,
+    foreground_iou,
+    per_image_counts,
+)
 from datamodules.corruptions import Corruption, CorruptionCache, codec_versions
 from datamodules.sources import ImageRecord
 from datamodules.tasks import ShapesTaskSet, collate
 from lightning_modules import create
 from lightning_modules.inference import plan_task_model
 from lightning_modules.restorers import tiling
-from lightning_modules.task_models import DEFAULT_REAL_MODEL, create_task_model
+from lightning_modules.task_models import (
+    DEFAULT_PHOTO_MODEL,
+    DEFAULT_REAL_MODEL,
+    create_task_model,
+)
 
 DIRECT, CLEAN = "direct", "clean"
 
@@ -65,6 +77,9 @@ DIRECT, CLEAN = "direct", "clean"
 # metric of the evaluator -> the row's metric name on unannotated photos (the reference named in the row)
 PHOTO_METRICS = {"map": "consistency_map", "map_50": "consistency_map_50", "map_75": "consistency_map_75",
                  "label_proxy": "label_proxy"}
+# segmentation on photos: the evaluator's per-photo means, named for their reference (the clean photo's mask)
+PHOTO_SEG_METRICS = {"consistency_iou": "consistency_iou", "consistency_boundary_f": "consistency_boundary_f"}
+MIN_MASK_SHARE = 0.1  # photos whose clean person mask covers less are skipped (counted and reported)
 
 
 METRICS = {"classification": ("top1", "top5"), "detection": ("map", "map_50", "map_75"),
@@ -97,6 +112,7 @@ class TaskRequest:
     seg_mode: str = "whole"  # real PSPNet: mmseg's 'whole' or 'slide' inference
     add_reference: bool = True  # the `clean`/`direct` rows (False: only the methods, e.g. adding one to a board)
     loader_workers: int = 0  # DataLoader processes: corrupting/decoding beside the forwards (`benchmark bench`)
+    min_mask_share: float = MIN_MASK_SHARE  # segmentation on photos: the clean mask's share a photo needs
 
 
 SHAPES_N = {"classification": 300, "detection": 150, "segmentation": 150}
@@ -130,7 +146,7 @@ class CleanItems(Dataset):
                  progress: bool = False, task: str = "classification"):
         self.skipped: list[tuple[str, str]] = []
         self.converted: list[tuple[str, str]] = []
-        if task == "detection" and kind in PHOTO_KINDS:
+        if task in ("detection", "segmentation") and kind in PHOTO_KINDS:
             from datamodules.photos import PhotoDetectionSet
 
             self.base = PhotoDetectionSet(root, "folder" if kind == "photos" else kind, n, progress)
@@ -233,7 +249,8 @@ def run_tasks(req: TaskRequest, on_rows: Callable[[str, list[dict]], None] | Non
     failures: list[JobFailure] = []
     for task in req.tasks:
         try:
-            model_name = req.task_model or (None if kind == "shapes" else DEFAULT_REAL_MODEL[task])
+            defaults = DEFAULT_PHOTO_MODEL if kind in PHOTO_KINDS else DEFAULT_REAL_MODEL
+            model_name = req.task_model or (None if kind == "shapes" else defaults[task])
             tm = create_task_model(task, model_name, req.task_weights)
             if hasattr(tm.net, "mode"):  # MMSegInference
                 tm.net.mode = req.seg_mode
@@ -252,6 +269,12 @@ def run_tasks(req: TaskRequest, on_rows: Callable[[str, list[dict]], None] | Non
             photos = task == "detection" and kind in PHOTO_KINDS
             if photos:  # the ground truth of consistency mAP: the detector's own clean-image detections
                 items = pseudo_labelled(items, tm, cache, req.progress)
+            photo_masks = task == "segmentation" and kind in PHOTO_KINDS
+            if photo_masks:  # the reference: the segmenter's own mask on each clean photo, photos selected by it
+                if tm.num_classes != 2:
+                    raise ValueError(f"{tm.name} is not a person segmenter: photos are scored with selfie_seg or "
+                                     "meet_seg (background / person)")
+                items = pseudo_masked(items, tm, req.min_mask_share, req.progress)
         except Exception as e:  # noqa: BLE001 -- reported with its culprit, the other tasks go on
             failures.append(JobFailure(f"{task} model", req.dataset, f"{type(e).__name__}: {e}"))
             continue
@@ -289,7 +312,8 @@ def run_tasks(req: TaskRequest, on_rows: Callable[[str, list[dict]], None] | Non
                 known = [photo_clean_results(items)] if photos and job[0] is None else []
                 loaders = _loaders(task, req, job[len(known):], cache, items)
                 ev = TaskEvaluator(task, net, len(loaders), tm.num_classes, restorer, req.tile, label_proxy=photos,
-                                   memory_budget=req.memory_budget, forward_name=tm.name if net is tm.net else None)
+                                   memory_budget=req.memory_budget, forward_name=tm.name if net is tm.net else None,
+                                   mask_consistency=photo_masks)
                 trainer = L.Trainer(accelerator=req.accelerator, devices=req.devices, strategy=req.strategy,
                                     logger=False, enable_checkpointing=False, enable_model_summary=False,
                                     enable_progress_bar=req.progress, callbacks=progress_bar(req.progress),
@@ -339,6 +363,28 @@ def pseudo_labelled(photos: Dataset, tm, cache: CorruptionCache, progress: bool)
                 boxes.append({k: out[k][keep].cpu() for k in ("boxes", "labels", "scores")})
         store.save(boxes)
     return WithPseudoBoxes(photos, boxes)
+
+
+def pseudo_masked(photos: Dataset, tm, min_share: float, progress: bool) -> Dataset:
+    """The photos whose clean mask (the segmenter's argmax on the clean photo) covers at least `min_share` of their
+    pixels, with that mask as their target; the skipped photos are counted and reported on stderr."""
+    from tqdm.auto import tqdm
+
+    from datamodules.photos import WithPseudoMasks
+
+    masks = []
+    forward = plan_task_model(tm.net, tm.name)
+    it = tqdm(range(len(photos)), desc=f"{tm.name} on the clean photos", leave=False, file=sys.stderr,
+              disable=not progress)
+    with torch.inference_mode():
+        for i in it:
+            masks.append(forward(photos[i][0][None].float() / 255.0).argmax(1)[0].cpu())
+    selected = WithPseudoMasks(photos, masks, min_share)
+    print(f"segmentation: {len(selected)} of {len(photos)} photos selected (the clean {tm.name} mask covers >= "
+          f"{min_share:.0%} of the pixels); {len(selected.skipped)} skipped"
+          + (": " + ", ".join(f"{n} ({s:.1%})" for n, s in selected.skipped[:5]) if selected.skipped else "")
+          + (" ..." if len(selected.skipped) > 5 else ""), file=sys.stderr)
+    return selected
 
 
 def photo_clean_results(items: Dataset) -> dict:
@@ -416,7 +462,7 @@ class _ImageIds:
                          else f"shapes-{self.req.seed}-{i}" for i in range(n)]
             else:
                 base = getattr(items, "base", None)
-                known = list(getattr(base, "names", None) or [])
+                known = list(getattr(items, "names", None) or getattr(base, "names", None) or [])
                 names = [str(known[i]) if i < len(known) else str(i) for i in range(len(items))]
             digests = []
             for i in range(len(items)):
@@ -440,9 +486,12 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         codec, qf, passes, sub = "none", "", 0, ""
     else:
         codec, qf, passes, sub = c.codec, c.qf_label, c.passes, c.subsampling
+    dataset = dataset_label(req.dataset, req.n_images)
+    if task == "segmentation" and parse_dataset(req.dataset)[0] in PHOTO_KINDS:  # the photos the clean mask selects
+        dataset += f"[mask>={req.min_mask_share:g}]"
     base = {
         "task": task, "model": tm.name, "method": method_name, "preset": preset,
-        "dataset": dataset_label(req.dataset, req.n_images),
+        "dataset": dataset,
         "codec": codec, "qf": qf, "passes": passes, "subsampling": sub, "seed": req.seed, "n_images": res["n_images"],
         "source": "measured", "model_weights": tm.weights, "model_weights_sha256": _model_sha256(tm),
         "weights": "" if scored is None else scored.weights_path,
@@ -457,8 +506,9 @@ def _rows(task, tm, scored, req: TaskRequest, c: Corruption | None, res: dict, v
         "created_at": leaderboard.now(), "seconds": round(seconds, 1),
     }
     scale = 1.0 if task == "classification" else 100.0  # every value in percent, as the papers print them
-    names = PHOTO_METRICS if task == "detection" and parse_dataset(req.dataset)[0] in PHOTO_KINDS else \
-        {m: m for m in METRICS[task]}
+    on_photos = parse_dataset(req.dataset)[0] in PHOTO_KINDS
+    names = PHOTO_METRICS if task == "detection" and on_photos else \
+        PHOTO_SEG_METRICS if task == "segmentation" and on_photos else {m: m for m in METRICS[task]}
     out = []
     for metric, name in names.items():
         if metric in res and res[metric] == res[metric]:  # skip NaN (e.g. top5 with < 5 classes, AP75 w/o boxes)
@@ -504,7 +554,8 @@ def format_task_table(task: str, rows: list[dict]) -> str:
 
     if not rows:
         return f"{task}: (no results)"
-    known = METRICS[task] + (tuple(PHOTO_METRICS.values()) if task == "detection" else ())
+    known = METRICS[task] + (tuple(PHOTO_METRICS.values()) if task == "detection" else
+                             tuple(PHOTO_SEG_METRICS.values()) if task == "segmentation" else ())
     metrics = [m for m in known if any(r["metric"] == m for r in rows)]
     lines: dict[tuple, dict] = {}
     for r in rows:
@@ -535,7 +586,8 @@ def format_task_table(task: str, rows: list[dict]) -> str:
 class TaskEvaluator(L.LightningModule):
     def __init__(self, task: str, task_model: nn.Module, n_corruptions: int, num_classes: int,
                  restorer: L.LightningModule | None = None, tile: int | None = None, label_proxy: bool = False,
-                 memory_budget: float | None = None, forward_name: str | None = None):
+                 memory_budget: float | None = None, forward_name: str | None = None,
+                 mask_consistency: bool = False):
         super().__init__()
         self.task, self.task_model, self.restorer, self.tile = task, task_model.eval(), restorer, tile
         self.memory_budget = memory_budget
@@ -547,6 +599,8 @@ class TaskEvaluator(L.LightningModule):
         # unannotated photos: also "is the photo's ImageNet class detected?"
         self.proxy = nn.ModuleList(LabelProxy() for _ in range(n_corruptions)) if label_proxy else None
         self.seen = nn.ModuleList(PerImageMean() for _ in range(n_corruptions))  # distinct images scored
+        # segmentation on photos: the per-photo boundary F-score against the clean photo's mask
+        self.boundary = nn.ModuleList(PerImageMean() for _ in range(n_corruptions)) if mask_consistency else None
         self.results: list[dict] = []
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
@@ -568,7 +622,11 @@ class TaskEvaluator(L.LightningModule):
                 else self.task_forward(x)
             metric.update(logits, target, ids=ids)
         elif self.task == "segmentation":
-            metric.update(self.task_forward(x).argmax(1), target, ids=ids)
+            pred = self.task_forward(x).argmax(1)
+            metric.update(pred, target, ids=ids)
+            if self.boundary is not None:
+                f = [boundary_f_score(p.cpu().numpy() == 1, t.cpu().numpy() == 1) for p, t in zip(pred, target)]
+                self.boundary[dataloader_idx].update(torch.tensor(f, dtype=torch.float64), ids)
         else:
             outputs = self.task_forward(list(x))
             metric.update(outputs, target, ids)
@@ -592,6 +650,20 @@ class TaskEvaluator(L.LightningModule):
                     ids, conf = metric.per_image()
                 if len(ids) == values["n_images"]:
                     values["per_image"] = {"ids": ids.tolist(), **per_image_counts(conf)}
+                if self.boundary is not None:  # photos: per-photo person IoU and boundary F, and their means
+                    boundary = self.boundary[len(self.results)]
+                    with boundary.sync_context():
+                        b_ids, b_values = boundary.per_image()
+                    if not torch.equal(b_ids.cpu(), ids.cpu()):
+                        raise RuntimeError("boundary scores and confusion matrices cover different photos")
+                    counts = per_image_counts(conf)
+                    iou = foreground_iou(counts["inter_01"], counts["union_01"])
+                    values["consistency_iou"] = float(iou.mean())
+                    values["consistency_boundary_f"] = float(b_values.double().mean())
+                    if "per_image" in values:
+                        values["per_image"]["consistency_iou"] = iou.tolist()
+                        values["per_image"]["consistency_boundary_f"] = b_values.double().tolist()
+                    boundary.reset()
             # detection: compute() ran on every process's rows
             if self.task == "detection" and metric.matches is not None and \
                     metric.matches.n_images == values["n_images"]:

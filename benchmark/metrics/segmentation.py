@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 
@@ -188,3 +189,52 @@ def _as_tensor(state) -> torch.Tensor | None:
     if isinstance(state, torch.Tensor):
         return state
     return torch.cat(state) if state else None
+
+
+# ---- person-mask consistency on unannotated photos (issue 29) --------------------------------------------------------
+# The reference is the segmenter's own mask on the clean photo; the compressed/restored photo's mask is scored
+# against it per image: the foreground IoU and the boundary F-score (the contour accuracy of the DAVIS benchmark,
+# Perazzi et al. 2016): an edge measure, because compression moves and frays the mask's outline while barely
+# changing its area, which IoU on large masks hardly sees.
+BOUNDARY_TOLERANCE = 0.008  # of the image diagonal, as DAVIS's `bound_th` (5 px on a 481 x 321 BSDS500 photo)
+
+
+def boundary_tolerance(h: int, w: int, fraction: float = BOUNDARY_TOLERANCE) -> int:
+    """The matching distance in pixels: `fraction` of the diagonal, rounded up (DAVIS: ceil(0.008 * diagonal))."""
+    return max(1, math.ceil(fraction * math.hypot(h, w)))
+
+
+def mask_boundary(mask) -> np.ndarray:
+    """The mask's boundary pixels: foreground pixels with a 4-neighbour in the background. The frame of the image
+    is no boundary (an object cut by the photo's edge has no contour there): pixels outside count as their
+    nearest inside pixel."""
+    m = np.asarray(mask, dtype=bool)
+    p = np.pad(m, 1, mode="edge")
+    interior = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return m & ~interior
+
+
+def boundary_f_score(pred, ref, tolerance: int | None = None) -> float:
+    """F = 2PR / (P + R) of the boundaries of two (H, W) masks: precision P = share of `pred`'s boundary pixels
+    within `tolerance` px (Euclidean) of `ref`'s boundary, recall R = the reverse. Both boundaries empty: 1; one
+    empty: 0 (DAVIS's conventions). `tolerance`: `boundary_tolerance(H, W)` when None."""
+    from scipy.ndimage import distance_transform_edt
+
+    bp, br = mask_boundary(pred), mask_boundary(ref)
+    if bp.shape != br.shape:
+        raise ValueError(f"mask shapes differ: {bp.shape} vs {br.shape}")
+    tol = boundary_tolerance(*bp.shape) if tolerance is None else tolerance
+    if not bp.any() and not br.any():
+        return 1.0
+    if not bp.any() or not br.any():
+        return 0.0
+    precision = float((distance_transform_edt(~br)[bp] <= tol).mean())
+    recall = float((distance_transform_edt(~bp)[br] <= tol).mean())
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def foreground_iou(inter, union) -> np.ndarray:
+    """Per-image IoU of the foreground class from its per-image counts (`inter_01`, `union_01`); an image whose
+    union is empty (no foreground in either mask) scores 1 (the masks agree)."""
+    inter, union = np.asarray(inter, dtype=np.float64), np.asarray(union, dtype=np.float64)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_modules.task_model_names import (  # noqa: F401 -- re-exported: this package's names
+    DEFAULT_PHOTO_MODEL,
     DEFAULT_REAL_MODEL,
     PACKAGED_CLASSIFIERS,
     PACKAGED_DETECTORS,
+    PACKAGED_SEGMENTERS,
     REAL_TASK_MODELS,
     SHAPES_MODEL_TASKS,
     TaskModelError,
@@ -242,6 +244,21 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise TaskModelError(str(e)) from e
         return TaskModel(net.eval(), name, 91, str(weights or ""), weights_file=str(weights or ""))
+    if task == "segmentation" and name in PACKAGED_SEGMENTERS:
+        from lightning_modules.task_models.human_models import describe, pinned_model_files
+
+        try:
+            graph = Path(weights) if weights else pinned_model_files(name.split("_")[0])[0]
+            if name == "selfie_seg":
+                from lightning_modules.task_models.selfie import build_selfie_seg as build
+            else:
+                from lightning_modules.task_models.meet import build_meet_seg as build
+            net = build(graph)
+            label = str(graph) if weights else describe(graph)
+        except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
+            raise TaskModelError(f"{name}: {e}") from e
+        # (background, person) scores at the input size; the weights' bytes are in the .bin beside the graph
+        return TaskModel(net, name, 2, label, weights_file=str(graph.with_suffix(".bin")) if weights else "")
     if task == "segmentation" and name in REAL_TASK_MODELS["segmentation"]:
         from lightning_modules.task_models.pspnet import PSPNet, load_mmseg_checkpoint
 

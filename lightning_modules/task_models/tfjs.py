@@ -46,9 +46,22 @@ def read_weights(json_path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
                                  f"({offset + size} > {len(data)} bytes): truncated file?")
             arr = np.frombuffer(data, dtype, n, offset).reshape(shape)
             offset += size
-            if q in ("uint8", "uint16"):
-                arr = arr * w["quantization"]["scale"] + w["quantization"]["min"]
-            out[w["name"]] = torch.from_numpy(arr.astype(np.float32 if w["dtype"] == "float32" else arr.dtype))
+            out[w["name"]] = _decode(json_path.name, w, arr, q)
         if offset != len(data):
             raise GraphError(f"{json_path.name}: {len(data) - offset} bytes of the .bin are not in the manifest")
     return g, out
+
+
+def _decode(file: str, w: dict, arr: np.ndarray, q: str | None) -> torch.Tensor:
+    """One weight's stored values -> a float32 (or its own dtype) tensor; uint8/uint16 de-quantised as
+    value * scale + min. A scalar (shape []) stays a 0-d tensor: numpy arithmetic on a 0-d array returns a numpy
+    scalar, which `torch.from_numpy` refuses with a bare TypeError (issue 29, the package's rvm.json); any value
+    that still cannot be decoded is a GraphError naming the file, the weight, its shape and its quantisation."""
+    try:
+        if q in ("uint8", "uint16"):
+            quant = w["quantization"]
+            arr = np.asarray(arr * float(quant["scale"]) + float(quant["min"]))
+        return torch.from_numpy(np.asarray(arr.astype(np.float32 if w["dtype"] == "float32" else arr.dtype)))
+    except (TypeError, ValueError, KeyError) as e:
+        raise GraphError(f"{file}: weight {w['name']!r} (shape {w['shape']}, dtype {w['dtype']}, quantization "
+                         f"{w.get('quantization')}) cannot be decoded ({type(e).__name__}: {e})") from e
