@@ -168,3 +168,28 @@ def test_bd_rate_sentence_is_the_board():
         neg = lambda c: str(-Decimal(c))  # a saving is a negative BD-rate
         assert (value, lo, hi) == (_rounded(neg(row.bd_rate_pct), 1), _rounded(neg(row.bd_rate_hi), 1),
                                    _rounded(neg(row.bd_rate_lo), 1)), method
+
+
+def test_segmentation_table_is_the_board():
+    board = _board("segmentation")
+    rows = board[(board.model == "selfie_seg") & board.dataset.str.fullmatch(r"folder:BSDS500_test@[0-9a-f]+\[mask>=0\.1\]")
+                 & (board.source == "measured") & (board.codec == "jpeg") & (board.passes == "1")]
+    metrics = ("consistency_iou", "consistency_boundary_f")
+
+    def row(method, qf, metric):
+        match = rows[(rows.method == method) & (rows.qf == qf) & (rows.metric == metric)]
+        assert len(match) == 1, (method, qf, metric)
+        return match.iloc[0]
+
+    lines = README.splitlines()
+    i = lines.index("| method | Q25 | Q18 | Q15 | Q10 | Q7 | Δ Q10 [95 %] |")
+    table = [[c.strip() for c in line.strip().strip("|").split("|")] for line in
+             __import__("itertools").takewhile(lambda line: line.startswith("|"), lines[i + 2:])]
+    for cells in table:
+        method = {"direct (JPEG)": "direct"}.get(cells[0], cells[0])
+        for qf, cell in zip(QFS, cells[1:6]):
+            assert cell == " / ".join(_rounded(row(method, qf, m).value, 1) for m in metrics), (method, qf)
+        if method != "direct":
+            for shown, m in zip(cells[6].split(" / "), metrics):
+                _check_interval(shown, row(method, "10", m), 1, f"{method} {m}")
+    assert len(table) == 7 and {row("direct", "10", m).n_images for m in metrics} == {"100"}
