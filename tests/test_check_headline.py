@@ -10,20 +10,9 @@ import pandas as pd
 import pytest
 
 from benchmark.cli.common import SUITE, SUITE_ALIASES, _csv
+from tests.test_readme_numbers import _table  # the README tables, parsed as the number test reads them
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
-
-
-def _table(header_start: str) -> list[list[str]]:
-    lines = README.splitlines()
-    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
-    rows = []
-    for line in lines[i + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
-    return rows
 
 
 def _runs(suite: str) -> list[tuple[set[str], set[str]]]:

@@ -3,12 +3,10 @@ file lock, so concurrent runs never lose rows and an interrupted write never lea
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import glob
 import hashlib
 import math
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -176,6 +176,13 @@ class MMSegInference(nn.Module):
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
 
 
+# the npm-packaged graphs (human_models): (task, name) -> (module, builder, number of classes the output carries)
+_PACKAGED_BUILDERS = {("detection", "centernet_mbv3"): ("centernet", "build_centernet_mbv3", 91),
+                      ("detection", "nanodet_g"): ("nanodet", "build_nanodet_g", 91),
+                      ("segmentation", "selfie_seg"): ("selfie", "build_selfie_seg", 2),  # (background, person)
+                      ("segmentation", "meet_seg"): ("meet", "build_meet_seg", 2)}
+
+
 def create_task_model(task: str, name: str | None = None, weights: str | None = None) -> TaskModel:
     """The network a downstream task is scored with. `name=None` -> the shipped shapes model of the task.
 
@@ -220,22 +227,21 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
             raise TaskModelError(f"classifier {name!r}: {e}") from e
         return TaskModel(net.eval(), name, 1000, str(getattr(net, "weights", "") or ""),
                          weights_file=str(weights or ""))
-    if task == "detection" and name in PACKAGED_DETECTORS:
+    if (task, name) in _PACKAGED_BUILDERS:
+        import importlib
+
         from lightning_modules.task_models.human_models import describe, pinned_model_files
 
+        module, builder, classes = _PACKAGED_BUILDERS[task, name]
         try:
             # the installed files are checked against their pinned sha256; a user's file is recorded by its own
             graph = Path(weights) if weights else pinned_model_files(name.split("_")[0])[0]
-            if name == "centernet_mbv3":
-                from lightning_modules.task_models.centernet import build_centernet_mbv3 as build
-            else:
-                from lightning_modules.task_models.nanodet import build_nanodet_g as build
-            net = build(graph)
+            net = getattr(importlib.import_module(f"lightning_modules.task_models.{module}"), builder)(graph)
             label = str(graph) if weights else describe(graph)
         except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
             raise TaskModelError(f"{name}: {e}") from e
         # the weights' bytes are in the .bin beside the graph
-        return TaskModel(net, name, 91, label, weights_file=str(graph.with_suffix(".bin")) if weights else "")
+        return TaskModel(net, name, classes, label, weights_file=str(graph.with_suffix(".bin")) if weights else "")
     if task == "detection" and name in REAL_TASK_MODELS["detection"]:
         from lightning_modules.task_models.detector import build_fasterrcnn_r50_fpn
 
@@ -244,21 +250,6 @@ def create_task_model(task: str, name: str | None = None, weights: str | None = 
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise TaskModelError(str(e)) from e
         return TaskModel(net.eval(), name, 91, str(weights or ""), weights_file=str(weights or ""))
-    if task == "segmentation" and name in PACKAGED_SEGMENTERS:
-        from lightning_modules.task_models.human_models import describe, pinned_model_files
-
-        try:
-            graph = Path(weights) if weights else pinned_model_files(name.split("_")[0])[0]
-            if name == "selfie_seg":
-                from lightning_modules.task_models.selfie import build_selfie_seg as build
-            else:
-                from lightning_modules.task_models.meet import build_meet_seg as build
-            net = build(graph)
-            label = str(graph) if weights else describe(graph)
-        except (ValueError, FileNotFoundError) as e:  # GraphError / the missing-file error name the file
-            raise TaskModelError(f"{name}: {e}") from e
-        # (background, person) scores at the input size; the weights' bytes are in the .bin beside the graph
-        return TaskModel(net, name, 2, label, weights_file=str(graph.with_suffix(".bin")) if weights else "")
     if task == "segmentation" and name in REAL_TASK_MODELS["segmentation"]:
         from lightning_modules.task_models.pspnet import PSPNet, load_mmseg_checkpoint
 
