@@ -110,6 +110,9 @@ def test_fidelity_table_is_the_board():
 
 def test_detection_table_is_the_board():
     board = _board("detection")
+    bdrate = pd.read_csv(BOARDS / "bdrate.csv", dtype=str, keep_default_na=False)
+    bdrate = bdrate[(bdrate.board == "detection") & (bdrate.model == "centernet_mbv3") & (bdrate.codec == "jpeg")
+                    & (bdrate.dataset == "imagenet-sample1000") & (bdrate.source == "measured")]
     rows = board[(board.model == "centernet_mbv3") & (board.dataset == "imagenet-sample1000") &
                  (board.source == "measured") & (board.codec == "jpeg") & (board.passes == "1")]
 
@@ -132,6 +135,8 @@ def test_detection_table_is_the_board():
                 shown_map, shown_proxy = delta.split(" / ")
                 _check_interval(shown_map, row(method, "10", "consistency_map"), 1, f"{method} mAP")
                 _check_interval(shown_proxy, row(method, "10", "label_proxy"), 1, f"{method} proxy")
+            bd = bdrate[(bdrate.method == method) & (bdrate.metric == "consistency_map")]
+            assert len(bd) == 1 and cells[7] == f"{_rounded(bd.iloc[0].bd_rate_pct, 1)} %", (method, "BD-rate")
     assert len(table) >= 8
 
 
