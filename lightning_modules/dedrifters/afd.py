@@ -212,20 +212,18 @@ class FoldDeDrifted(DeDrifted):
         return self.logits(x, True, labels)
 
     def features(self, x: torch.Tensor, dedrift: bool = True, labels: torch.Tensor | None = None) -> torch.Tensor:
-        if not dedrift:
-            return self._run(x, apply=False, stop=True)
-        self._route(labels)
-        try:
-            return self._run(x, apply=True, stop=True)
-        finally:
-            self.dedrifter.route = None
+        return self._routed(x, dedrift, labels, stop=True)
 
     def logits(self, x: torch.Tensor, dedrift: bool = True, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self._routed(x, dedrift, labels, stop=False)
+
+    def _routed(self, x: torch.Tensor, dedrift: bool, labels: torch.Tensor | None, stop: bool) -> torch.Tensor:
+        """The network up to the tap (stop) or the logits, through the copy each image's fold picks."""
         if not dedrift:
-            return self._run(x, apply=False, stop=False)
+            return self._run(x, apply=False, stop=stop)
         self._route(labels)
         try:
-            return self._run(x, apply=True, stop=False)
+            return self._run(x, apply=True, stop=stop)
         finally:
             self.dedrifter.route = None
 
