@@ -2,6 +2,7 @@
 checked where they are trained), tiled restoration, and DetectionMAP's dedup."""
 import lightning as L
 import pytest
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -99,3 +100,34 @@ def test_detection_map_perfect_and_deduplicated():
     m2 = DetectionMAP()
     m2.update([out], [tgt], torch.tensor([3]))
     assert m2.compute()["map"] == pytest.approx(1.0)
+
+
+def test_detection_map_counts_an_image_with_no_boxes_at_all():
+    """A photo with no clean detections (no ground truth) whose restored copy gives no detection either is still
+    one of the images: the per-image matches cover every photo (else the row got no interval), mAP as COCOeval."""
+    from benchmark.metrics.coco_resample import MapResampler
+    from benchmark.metrics.detection import coco_map as coco_map_of
+    from pycocotools.coco import COCO
+
+    boxes = torch.tensor([[10.0, 10, 40, 40], [50, 50, 90, 80]])
+    labels = torch.tensor([1, 2])
+    out = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": labels}
+    tgt = {"boxes": boxes, "labels": labels}
+    empty_out = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    empty_tgt = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}
+    miss = {"boxes": boxes + 200, "scores": torch.tensor([0.5, 0.4]), "labels": labels}
+    m = DetectionMAP()
+    m.update([out, empty_out, miss], [tgt, empty_tgt, tgt], torch.tensor([0, 1, 2]))
+    value = m.compute()["map"]
+    assert m.matches.n_images == 3 and m.matches.image_ids.tolist() == [0, 1, 2]
+    gt = COCO()
+    gt.dataset = {"images": [{"id": i} for i in range(3)], "categories": [{"id": 1}, {"id": 2}],
+                  "annotations": [{"id": 1 + k + 2 * j, "image_id": i, "category_id": int(c), "iscrowd": 0,
+                                   "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                                   "area": (b[2] - b[0]) * (b[3] - b[1])}
+                                  for j, i in enumerate((0, 2)) for k, (b, c) in enumerate(zip(boxes.tolist(), labels))]}
+    gt.createIndex()
+    dets = [{"image_id": i, "category_id": int(c), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": float(s)}
+            for i, o in ((0, out), (2, miss)) for b, c, s in zip(o["boxes"].tolist(), o["labels"], o["scores"])]
+    assert value == pytest.approx(coco_map_of(dets, gt, [0, 1, 2])["map"]) == pytest.approx(51 / 101)
+    assert MapResampler(m.matches).scores(np.arange(3))["map"] == pytest.approx(value)

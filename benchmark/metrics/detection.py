@@ -199,6 +199,9 @@ class DetectionMAP(Metric):
         # `block` is unique per (process, scored image), so a repeated image is recognised whatever its neighbours
         self.add_state("dets", default=[], dist_reduce_fx="cat")
         self.add_state("gts", default=[], dist_reduce_fx="cat")
+        # (block, image_id) of every scored image: one with neither detections nor ground truth still counts as
+        # an image of the set (its per-image results are empty), so the matches cover every photo
+        self.add_state("heads", default=[], dist_reduce_fx="cat")
         self._blocks = 0
         self.matches = None  # per-image results of the last compute (coco_resample.Matches; positions = sorted ids)
 
@@ -207,6 +210,7 @@ class DetectionMAP(Metric):
         for out, tgt, i in zip(outputs, targets, ids.tolist()):
             self._blocks += 1
             head = [float(rank * 2**31 + self._blocks), float(i)]
+            self.heads.append(torch.tensor([head], dtype=torch.float64))
             n, m = len(out["boxes"]), len(tgt["boxes"])
             self.dets.append(torch.cat([torch.tensor(head).expand(n, 2), out["boxes"].detach().float().cpu(),
                                         out["scores"].detach().float().cpu()[:, None],
@@ -216,7 +220,7 @@ class DetectionMAP(Metric):
 
     def compute(self) -> dict[str, float]:
         gts, dets = _rows(self.gts, 7).numpy(), _rows(self.dets, 8).numpy()
-        heads = np.concatenate([gts[:, :2], dets[:, :2]])  # (block, image) in arrival order
+        heads = _rows(self.heads, 2).numpy()  # (block, image) in arrival order
         images, first_row = np.unique(heads[:, 1], return_index=True)
         first_block = dict(zip(images.tolist(), heads[first_row, 0].tolist()))  # image id -> the block that counts
 
