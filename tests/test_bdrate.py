@@ -535,3 +535,139 @@ def test_a_boards_folder_without_boards_is_a_usage_error(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and f"--boards {tmp_path / 'empty'}" in err and "holds no board" in err
     assert "no curve pair" not in out
+
+
+# ---- set-level intervals (detection mAP) and the segmentation board ----------------------------------------------
+def _matches_at(n: int, hit: np.ndarray, seed: int):
+    """Per-image COCOeval matches of n photos, one ground-truth box each (category 1 + i % 3); a photo whose
+    `hit` is True gets a true positive at every IoU threshold, the others a false positive; random scores."""
+    from benchmark.metrics import coco_resample
+
+    rng = np.random.default_rng(seed)
+    det = [(i, 1 + i % 3, float(rng.random()), 1023 if hit[i] else 0, 0 if hit[i] else 1023) for i in range(n)]
+    return coco_resample._build(n, det, [(i, 1 + i % 3, 1) for i in range(n)], np.arange(n))
+
+
+def _detection_board_with_matches(boards, n=200, gain=0.1, twin=False):
+    """direct and a restorer at five QFs, each row with its `.coco.gz` matches and the mAP they give."""
+    from benchmark.boards import leaderboard, per_image
+    from benchmark.metrics.coco_resample import MapResampler
+
+    qfs, p = [7, 10, 15, 18, 25], [0.2, 0.35, 0.5, 0.65, 0.8]
+    u = np.random.default_rng(1).random(n)
+    names, digests = [f"n0_{i}.png" for i in range(n)], [f"{i:032x}" for i in range(n)]
+    rows, matches = [], {}
+    for method in ("direct", "dncnn"):
+        for k, q in enumerate(qfs):
+            m = matches["direct", q] if twin and method == "dncnn" else \
+                _matches_at(n, u < p[k] + (gain if method == "dncnn" else 0), seed=0)
+            matches[method, q] = m
+            for metric, score in (("consistency_map", "map"), ("consistency_map_50", "map_50")):
+                row = {"task": "detection", "model": "centernet_mbv3", "method": method,
+                       "preset": "" if method == "direct" else "compact", "dataset": "imagenet-sample1000",
+                       "codec": "jpeg", "qf": q, "passes": 1, "subsampling": "420", "seed": 0, "metric": metric,
+                       "value": round(100 * MapResampler(m).scores(np.arange(n))[score], 4), "n_images": n,
+                       "source": "measured", "model_weights": "centernet.json"}
+                per_image.write_matches(
+                    per_image.path_for(boards / "detection.csv", row, leaderboard.TASK_KEY, per_image.MATCHES_SUFFIX),
+                    {"_matches": m, "image": names, "digest": digests})
+                rows.append(row)
+    leaderboard.upsert(boards / "detection.csv", rows, leaderboard.TASK_KEY, leaderboard.TASK_COLUMNS)
+    return qfs, matches
+
+
+def test_bd_interval_of_a_set_metric_equals_the_brute_force_bootstrap():
+    """`bd_interval_of`: per resample, the mAP of every point recomputed on the resampled photos, then the BD values
+    by the scalar `bd_rate` / `bd_metric`; the percentiles of these 300 equal the function's interval."""
+    from benchmark.metrics.coco_resample import MapResampler
+    from benchmark.metrics.paired import bootstrap_indices
+
+    n, qfs = 200, [7, 10, 15, 18, 25]
+    u = np.random.default_rng(3).random(n)
+    p = [0.2, 0.35, 0.5, 0.65, 0.8]  # far apart: no resample of 200 photos gives a flat curve
+    ref = [MapResampler(_matches_at(n, u < p[k], 0)) for k in range(5)]  # same scores: nested hits rise
+    test = [MapResampler(_matches_at(n, u < p[k] + 0.1, 0)) for k in range(5)]
+    rates = [0.3, 0.4, 0.55, 0.65, 0.8]
+
+    def curves(idx):
+        return (np.array([100 * r.scores(idx, ("map",))["map"] for r in ref]),
+                np.array([100 * t.scores(idx, ("map",))["map"] for t in test]))
+
+    iv = bdrate.bd_interval_of(curves, n, rates, rates, resamples=300, seed=5)
+    by_hand_r, by_hand_m = [], []
+    for block in bootstrap_indices(n, 300, 5):
+        for idx in block:
+            a, b = curves(idx)
+            by_hand_r.append(bd_rate(rates, a, rates, b))
+            by_hand_m.append(bd_metric(rates, a, rates, b))
+    assert iv.dropped == 0 and iv.resamples == 300 and iv.n_images == n
+    assert [iv.rate_lo, iv.rate_hi] == pytest.approx(list(np.percentile(by_hand_r, [2.5, 97.5])), abs=1e-9)
+    assert [iv.metric_lo, iv.metric_hi] == pytest.approx(list(np.percentile(by_hand_m, [2.5, 97.5])), abs=1e-9)
+    assert len(qfs) == 5
+
+
+def test_detection_bd_rows_get_intervals_from_the_per_image_matches(tmp_path, monkeypatch):
+    fake = {7: 0.31, 10: 0.40, 15: 0.52, 18: 0.58, 25: 0.72}
+    monkeypatch.setattr(bdrate, "_imagenet_spec", lambda *a: (tmp_path, None, 0, 0, ""))
+    monkeypatch.setattr(bdrate, "photo_rates", lambda folder, codec, need, *a: {q: fake[q] for q in need})
+    boards = tmp_path / "boards"
+    _detection_board_with_matches(boards)
+    out, notes = bdrate.build(boards, tmp_path)
+    assert notes == [] and {r["metric"] for r in out} == {"consistency_map", "consistency_map_50"}
+    for r in out:
+        assert float(r["bd_rate_lo"]) < float(r["bd_rate_pct"]) < float(r["bd_rate_hi"]) < 0
+        assert float(r["bd_metric_lo"]) < float(r["bd_metric"]) < float(r["bd_metric_hi"])
+        assert r["n_paired"] == 200 and "recomputed from the per-image COCOeval matches" in r["interval_note"]
+    twins = tmp_path / "twins"
+    _detection_board_with_matches(twins, twin=True)  # the restorer's matches are direct's: a tie at exactly 0
+    for r in bdrate.build(twins, tmp_path)[0]:
+        assert [float(r[c]) for c in ("bd_rate_pct", "bd_rate_lo", "bd_rate_hi", "bd_metric", "bd_metric_lo",
+                                      "bd_metric_hi")] == [0.0] * 6
+        assert bdrate.verdict(r) == "tie"
+
+
+def test_segmentation_bd_rows_use_the_bytes_of_the_photos_the_mask_selected(tmp_path):
+    """Person-mask consistency vs bpp: the rate is the mean over the photos the rows scored (those in the reference
+    row's per-image file: the clean mask's selection), Pillow on the same files; IoU resampled per photo."""
+    from benchmark.boards import leaderboard, per_image
+    from benchmark.evaluate.tasks import dataset_label
+
+    sizes = [(120, 160), (90, 130), (100, 100), (80, 120)]
+    folder = _photo_folder(tmp_path / "people", sizes, "p")
+    label = dataset_label(f"photos:{folder}") + "[mask>=0.1]"
+    chosen = ["p_0.png", "p_2.png", "p_3.png"]  # photo p_1 "had no person": not scored
+    qfs, iou = [7, 10, 15, 18, 25], np.array([[0.5, 0.6, 0.7, 0.75, 0.8], [0.4, 0.55, 0.6, 0.7, 0.78],
+                                              [0.6, 0.62, 0.72, 0.8, 0.85]])
+    rows = []
+    for method, gain in (("direct", 0.0), ("dncnn", 0.05)):
+        for k, q in enumerate(qfs):
+            values = iou[:, k] + gain
+            for metric in ("consistency_iou", "consistency_boundary_f"):
+                rows.append({"task": "segmentation", "model": "selfie_seg", "method": method,
+                             "preset": "" if method == "direct" else "compact", "dataset": label, "codec": "jpeg",
+                             "qf": q, "passes": 1, "subsampling": "420", "seed": 0, "metric": metric,
+                             "value": 100 * values.mean(), "n_images": 3, "source": "measured",
+                             "model_weights": "selfie.json"})
+                per_image.write(per_image.path_for(tmp_path / "boards" / "segmentation.csv", rows[-1],
+                                                   leaderboard.TASK_KEY),
+                                {"image": chosen, "digest": ["a", "b", "c"], "consistency_iou": values,
+                                 "consistency_boundary_f": values})
+    leaderboard.upsert(tmp_path / "boards" / "segmentation.csv", rows, leaderboard.TASK_KEY,
+                       leaderboard.TASK_COLUMNS)
+    out, notes = bdrate.build(tmp_path / "boards", None, photo_roots=[tmp_path])
+    assert notes == [] and {(r["board"], r["metric"]) for r in out} == {
+        ("segmentation", "consistency_iou"), ("segmentation", "consistency_boundary_f")}
+    row = next(r for r in out if r["metric"] == "consistency_iou")
+    assert float(row["bd_metric"]) == pytest.approx(5.0, abs=1e-6) and float(row["bd_rate_pct"]) < 0
+    assert row["n_paired"] == 3 and "3 whole photos scored" in row["rate"]
+    rates = bdrate.parse_rates(row["rates"])
+    for q in qfs:
+        bits = []
+        for name in chosen:
+            img = Image.open(folder / name).convert("RGB")
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=q, subsampling=2)
+            bits.append(8 * len(buf.getvalue()) / (img.height * img.width))
+        assert rates[q] == pytest.approx(np.mean(bits), rel=1e-3)
+    _, notes = bdrate.build(tmp_path / "boards", None, photo_roots=[tmp_path / "elsewhere"])
+    assert any("--photos DIR" in n for n in notes)  # the folder not found: said, no invented rate

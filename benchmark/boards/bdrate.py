@@ -12,12 +12,17 @@ bpp); per (classifier, dataset, codec) of the classification board, every method
 top-5 vs bpp. Classification rows carry no bpp, so the rate is computed here (`classification_rates`): the mean
 over the images of 8 * bytes / (h * w) of the classifier's centre crops encoded by `datamodules.corruptions.apply`
 at that QF; the values go into every row's `rates` column (`QF:bpp;...`), which the rate-accuracy plot reads.
+Detection rows (real detectors on photos): consistency mAP vs the whole photos' bpp; segmentation rows on photos
+(person segmenters): mask IoU and boundary F vs the bpp of the whole photos the rows scored (the clean mask's
+selection, named by the reference row's per-image file; folders found under `--photos`).
 
 Each row's 95 % interval (`bd_rate_lo` ... `bd_metric_hi`, `bd_interval`): where every QF row of both curves has a
 per-image file (`benchmark.boards.per_image`), the photos are resampled (paired on the image digest, one set of
 indices of `benchmark.metrics.paired.bootstrap_indices` per resample for every point of both curves), both mean
 curves re-drawn and both BD values recomputed; the percentile interval of 2000 resamples. Fidelity rows resample the
-per-image bpp too; task rows have no per-image rate, so it is held at its mean (said in `interval_note`). Elsewhere
+per-image bpp too; task rows have no per-image rate, so it is held at its mean (said in `interval_note`). COCO mAP is
+no mean over photos: detection rows recompute it at every point of both curves from the per-image COCOeval matches
+(`.coco.gz`) on each resample (`bd_interval_of`; about 10 ms per point and resample on 1000 photos). Elsewhere
 the columns stay empty and `interval_note` says why. A BD-rate interval that contains 0 is a tie.
 """
 from __future__ import annotations
@@ -37,8 +42,10 @@ from benchmark.metrics.paired import LEVEL, RESAMPLES, SEED, bootstrap_indices
 
 MIN_POINTS = 4
 FIDELITY_METRICS = ("psnr", "ssim")
-TASK_METRICS = {"classification": ("top1", "top5"), "detection": ("consistency_map", "consistency_map_50")}
-REFERENCE = {"fidelity": "jpeg", "classification": "direct", "detection": "direct"}  # each board's unrestored input
+TASK_METRICS = {"classification": ("top1", "top5"), "detection": ("consistency_map", "consistency_map_50"),
+                "segmentation": ("consistency_iou", "consistency_boundary_f")}
+REFERENCE = {"fidelity": "jpeg", "classification": "direct", "detection": "direct",  # each board's unrestored input
+             "segmentation": "direct"}
 # besides all common QFs, the curves are also compared on these QF ranges where >= 4 common QFs fall in them: the
 # compact restorers are trained on QF 5-50, and above it they can cost PSNR (the curves cross)
 SUB_RANGES = ((5, 50),)
@@ -284,6 +291,34 @@ def bd_interval(rate_ref, metric_ref, rate_test, metric_test, resamples: int = R
     return BDInterval(r_lo, r_hi, m_lo, m_hi, n, resamples, dropped)
 
 
+def bd_interval_of(statistic, n: int, rate_ref, rate_test, resamples: int = RESAMPLES, seed: int = SEED,
+                   level: float = LEVEL, progress=None) -> BDInterval:
+    """`bd_interval` for a set-level metric (COCO mAP): `statistic(indices) -> (reference curve, test curve)`, the
+    metric at every QF of both curves recomputed on the photos `indices` (with repeats); the rates (QFs,) are held at
+    their means. The same resamples as `bd_interval` (`paired.bootstrap_indices`). `progress(done, total)`."""
+    rates = [np.asarray(r, dtype=np.float64) for r in (rate_ref, rate_test)]
+    if n < 1:
+        raise ValueError("no image")
+    bd_r, bd_m, done = [], [], 0
+    for idx in bootstrap_indices(n, resamples, seed):
+        curves = np.array([np.concatenate(statistic(i)) for i in idx], dtype=np.float64)  # (k, 2 q)
+        q = curves.shape[1] // 2
+        k = len(idx)
+        a, b = bd_many(np.broadcast_to(rates[0], (k, q)), curves[:, :q], np.broadcast_to(rates[1], (k, q)),
+                       curves[:, q:])
+        bd_r.append(a)
+        bd_m.append(b)
+        done += k
+        if progress is not None:
+            progress(done, resamples)
+    bd_r, bd_m = np.concatenate(bd_r), np.concatenate(bd_m)
+    kept = np.isfinite(bd_r) & np.isfinite(bd_m)
+    dropped = int((~kept).sum())
+    r_lo, r_hi = _worst_case_percentiles(bd_r[kept], dropped, level)
+    m_lo, m_hi = _worst_case_percentiles(bd_m[kept], dropped, level)
+    return BDInterval(r_lo, r_hi, m_lo, m_hi, n, resamples, dropped)
+
+
 # ---- rates of the classification rows ------------------------------------------------------------------------------
 _PREPROCESS = re.compile(r"resize (\d+) (\w+), crop (\d+)")
 
@@ -317,9 +352,11 @@ def classification_rates(folder: str | Path, codec: str, qfs, subsampling: str =
     return {q: float(np.mean(v)) for q, v in bits.items()}
 
 
-def photo_rates(folder: str | Path, codec: str, qfs, subsampling: str = "420", n: int | None = None) -> dict[int, float]:
+def photo_rates(folder: str | Path, codec: str, qfs, subsampling: str = "420", n: int | None = None,
+                names=None) -> dict[int, float]:
     """{qf: mean bpp} of the whole photos of a folder (the first n usable ones, as the detection run reads them)
-    encoded by `corruptions.apply` at each QF."""
+    encoded by `corruptions.apply` at each QF. `names`: only these photos (file names; the segmentation rows' photos
+    selected by the clean mask), every one of which must be in the folder."""
     from datamodules.classification import load_rgb_noted
     from datamodules.corruptions import Corruption, apply
     from datamodules.photos import photo_paths
@@ -328,7 +365,15 @@ def photo_rates(folder: str | Path, codec: str, qfs, subsampling: str = "420", n
     corruptions = {int(q): Corruption(codec, (int(q),), subsampling=subsampling) for q in qfs}
     bits: dict[int, list[float]] = {q: [] for q in corruptions}
     used = 0
-    for path in photo_paths(folder, "imagenet" if imagenet_layout(folder) == "imagenet" else "folder"):
+    paths = photo_paths(folder, "imagenet" if imagenet_layout(folder) == "imagenet" else "folder")
+    if names is not None:
+        by_name = {p.name: p for p in paths[:n]}
+        missing = [x for x in names if x not in by_name]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of the {len(names)} photos scored are not in {folder} "
+                                    f"(e.g. {missing[0]})")
+        paths, n = [by_name[x] for x in names], None
+    for path in paths:
         if n is not None and used >= n:
             break
         try:
@@ -361,6 +406,37 @@ def _imagenet_spec(dataset: str, model_weights: str, imagenet: Path | None, boar
     if not m:
         return f"its model_weights {model_weights!r} do not say the classifier's resize/crop"
     return imagenet, n, int(m.group(1)), int(m.group(3)), m.group(2)
+
+
+_MASK_SELECTION = re.compile(r"\[mask>=[0-9.]+\]$")
+
+
+def _photo_spec(dataset: str, imagenet: Path | None, photo_roots) -> tuple[Path, int | None] | str:
+    """(folder, n) of a segmentation row's photos (`imagenet-sample1000[mask>=0.1]`,
+    `folder:BSDS500_test@c76e7b[:50][mask>=0.1]`), or a reason it has none: ImageNet rows read `imagenet`, folder
+    rows the folder of `photo_roots` (folders, or folders of folders) whose name and content give the row's label."""
+    from benchmark.evaluate.tasks import dataset_label
+
+    base = _MASK_SELECTION.sub("", dataset)
+    base, _, sub = base.partition("[:")
+    n = int(sub.rstrip("]")) if sub else None
+    if base.startswith("imagenet"):
+        spec = _imagenet_spec(base, "", imagenet, "detection")
+        return spec if isinstance(spec, str) else (spec[0], n)
+    if not base.startswith("folder:"):
+        return "its bpp is computed for photo folders and ImageNet folders only"
+    candidates = []
+    for root in photo_roots:
+        root = Path(root)
+        if root.is_dir():
+            candidates += [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    for folder in candidates:
+        if folder.name.lower().replace("_", "-") == base.partition(":")[2].partition("@")[0].lower() \
+                or folder.name == base.partition(":")[2].partition("@")[0]:
+            if dataset_label(f"photos:{folder}") == base:
+                return folder, n
+    return (f"no folder under {', '.join(map(str, photo_roots)) or '(none)'} is {base} (--photos DIR names the "
+            "folder, or the folder of folders, of the photos)")
 
 
 # ---- the board -----------------------------------------------------------------------------------------------------
@@ -403,10 +479,18 @@ class PointFiles:
         self._cache: dict[Path, dict | None] = {}
 
     def read(self, row: dict) -> dict | None:
-        path = per_image.path_for(self.board_path, row, self.key)
+        """A row's per-image values; detection mAP rows: {"image", "digest", "_matches", "_resampler"} (the
+        COCOeval matches, recomputed on each resample; one resampler per file, remembering its resamples)."""
+        path = per_image.existing_path(self.board_path, row, self.key)
+        matches = path.name.endswith(per_image.MATCHES_SUFFIX)
         if path not in self._cache:
             try:
-                self._cache[path] = per_image.read(path)
+                values = per_image.read_matches(path) if matches else per_image.read(path)
+                if values is not None and matches:
+                    from benchmark.metrics.coco_resample import MapResampler
+
+                    values["_resampler"] = MapResampler(values["_matches"], memo=True)
+                self._cache[path] = values
             except (OSError, ValueError, IndexError, EOFError) as e:  # a damaged file: no interval, said why
                 self._cache[path] = {"_error": f"{path.name}: {type(e).__name__}: {e}"}
         return self._cache[path]
@@ -446,6 +530,8 @@ def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: 
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         return _no_interval(f"per-image files missing ({len(missing)} of {len(qfs) * len(curves)} points: {shown})")
+    if any("_resampler" in d for d in data.values()):
+        return _set_interval_fields(files, curves, metric, qfs, values, rates, data)
     columns = [metric] + ([files.rate] if files.rate else [])
     for (label, q), d in data.items():
         for c in columns:
@@ -484,6 +570,61 @@ def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: 
     out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
     bounds = (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)
     if any(b is None for b in bounds):
+        out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
+        how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
+                      "(not monotonic / no overlap)")
+    else:
+        out.update(bd_rate_lo=f"{iv.rate_lo:.4f}", bd_rate_hi=f"{iv.rate_hi:.4f}",
+                   bd_metric_lo=f"{iv.metric_lo:.6f}", bd_metric_hi=f"{iv.metric_hi:.6f}")
+        if iv.dropped:
+            how.append(f"{iv.dropped} resample(s) gave no BD value (not monotonic / no overlap), counted as the "
+                       "worst case on both sides")
+    out["interval_note"] = "; ".join(how)
+    return out
+
+
+def _set_interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: dict, rates: dict,
+                         data: dict) -> dict:
+    """`_interval_fields` for detection mAP rows: the mAP of every point of both curves recomputed from its
+    per-image COCOeval matches on each resample of the photos in every file (paired on the image digest)."""
+    from benchmark.metrics.coco_resample import SCORES
+
+    score = metric.removeprefix("consistency_")
+    if score not in SCORES:
+        return _no_interval(f"{metric} is not one of the mAP scores the per-image matches give")
+    for (label, q), d in data.items():
+        if "_resampler" not in d:
+            return _no_interval(f"the per-image file of {label} QF {q} holds no COCOeval matches")
+        i = list(qfs).index(q)
+        whole = 100.0 * d["_resampler"].scores(np.arange(d["_matches"].n_images), (score,))[score]
+        if not abs(whole - float(values[label][i])) <= _TOLERANCE:
+            return _no_interval(f"the per-image matches of {label} QF {q} do not give the row's {metric} "
+                                f"({whole:.4f}, the board {float(values[label][i]):.4f})")
+    keyed = {k: _keyed(d["digest"]) for k, d in data.items()}
+    first = next(iter(keyed.values()))
+    common = [k for k in first if all(k in other for other in keyed.values())]
+    if not common:
+        return _no_interval("no image in every per-image file of both curves")
+    sizes = sorted({len(v) for v in keyed.values()})
+    position = {k: np.array([keyed[k][c] for c in common], dtype=np.int64) for k in data}
+    ref, test = list(curves)
+
+    def statistic(indices):
+        return tuple(np.array([100.0 * data[label, q]["_resampler"].scores(position[label, q][indices],
+                                                                           (score,))[score] for q in qfs])
+                     for label in (ref, test))
+
+    try:
+        iv = bd_interval_of(statistic, len(common), rates[ref], rates[test], files.resamples, files.seed)
+    except ValueError as e:
+        return _no_interval(str(e))
+    how = [f"paired bootstrap over {iv.n_images} images, {iv.resamples} resamples (seed {files.seed}), "
+           f"{metric} recomputed from the per-image COCOeval matches on each"]
+    if len(sizes) > 1:
+        how.append(f"the images in every file of both curves (files of {sizes[0]} to {sizes[-1]} images)")
+    how.append("rate held at the rows' mean bpp (no per-image rate)")
+    out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
+    if any(b is None for b in (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)):
         out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
         how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
                       "(not monotonic / no overlap)")
@@ -583,10 +724,13 @@ def _rows_by_qf(rows: pd.DataFrame, metric: str) -> dict[int, dict]:
 
 def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | None,
                         progress: bool = False, board: str = "classification",
-                        board_path: Path | None = None, refused: list[dict] | None = None) -> list[dict]:
+                        board_path: Path | None = None, refused: list[dict] | None = None,
+                        photo_roots=()) -> list[dict]:
     """BD rows of the classification board: each method against `direct` (the classifier on the compressed
     crops), top-1 and top-5 vs the crops' bpp (computed once per dataset, codec and QF set). `board="detection"`:
-    the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp. With
+    the real detectors on ImageNet photos, consistency mAP (and its AP50) vs the whole photos' bpp.
+    `board="segmentation"`: the person segmenters' mask consistency (IoU, boundary F) vs the bpp of the whole photos
+    the rows scored (those the clean mask selected, named by the reference row's per-image file). With
     `board_path`, intervals from the rows' per-image files (0/1 outcomes -> percent) where every point has one; the
     rate has no per-image values here, so it is held at its mean and only the accuracy is resampled."""
     rows = []
@@ -612,23 +756,35 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
             qfs = _shared_qfs(test, ref, f"{_label(method, preset)} on {what}", board, notes)
             if qfs is None:
                 continue
-            spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet, board)
+            names = None
+            if board == "segmentation":  # the whole photos the clean mask selected: the reference row's photos
+                spec = _photo_spec(dataset, imagenet, photo_roots)
+                first = _rows_by_qf(ref_rows, TASK_METRICS[board][0]).get(qfs[0])
+                scored = None if files is None or first is None or isinstance(spec, str) else files.read(first)
+                if not isinstance(spec, str) and (scored is None or "_error" in scored):
+                    spec = "the reference row has no per-image file naming the photos it scored"
+                if not isinstance(spec, str):
+                    spec, names = (*spec, 0, 0, ""), tuple(scored["image"])
+            else:
+                spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet, board)
             if isinstance(spec, str):
                 notes.append(f"{_label(method, preset)} on {what}: {spec}")
                 continue
             folder, n, resize, crop, interp = spec
-            key = (str(folder), n, resize, crop, interp, codec, subsampling)
+            key = (str(folder), n, resize, crop, interp, codec, subsampling, names)
             need = [q for q in qfs if q not in rate_cache.get(key, {})]
             if need:
                 if progress:
                     print(f"computing the bpp of {dataset} ({codec}, QF {','.join(map(str, need))}, "
                           f"resize {resize} {interp}, crop {crop})", file=sys.stderr)
                 rate_cache.setdefault(key, {}).update(
-                    photo_rates(folder, codec, need, subsampling, n) if board == "detection" else
+                    photo_rates(folder, codec, need, subsampling, n, names) if board != "classification" else
                     classification_rates(folder, codec, need, subsampling, resize, crop, interp, n, progress))
             context = {"model": model, "method": method, "preset": preset, "dataset": dataset, "channels": "rgb",
                        "codec": codec, "subsampling": subsampling, "weights_sha256": sha,
                        "rate": "bpp of the whole photos, computed" if board == "detection" else
+                       f"bpp of the {len(names)} whole photos scored (the clean mask's selection), computed"
+                       if board == "segmentation" else
                        f"bpp of the {crop}x{crop} crops (resize {resize} {interp}), computed",
                        "n_images": t.n_images.iloc[0]}
             for part in qf_sets(qfs):
@@ -656,7 +812,7 @@ def _refused(refused: list[dict] | None, board: str, metric: str, qfs, context: 
 
 
 def build(boards: Path, imagenet: Path | None = None, progress: bool = False,
-          refused: list[dict] | None = None) -> tuple[list[dict], list[str]]:
+          refused: list[dict] | None = None, photo_roots=()) -> tuple[list[dict], list[str]]:
     """(bdrate rows, notes on the curves left out and why) from a folder of boards; `refused` receives the keys
     of the curves the metrics refuse (`remove_refused` deletes their stale rows)."""
     notes: list[str] = []
@@ -669,6 +825,10 @@ def build(boards: Path, imagenet: Path | None = None, progress: bool = False,
         rows += classification_rows(leaderboard.read(boards / "detection.csv", "detection"), notes, imagenet,
                                     progress, board="detection", board_path=boards / "detection.csv",
                                     refused=refused)
+    if (boards / "segmentation.csv").exists():
+        rows += classification_rows(leaderboard.read(boards / "segmentation.csv", "segmentation"), notes, imagenet,
+                                    progress, board="segmentation", board_path=boards / "segmentation.csv",
+                                    refused=refused, photo_roots=photo_roots)
     return rows, notes
 
 

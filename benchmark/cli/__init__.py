@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--imagenet", default=None,
                     help="ImageNet folder of the classification rows, to compute their bpp (default "
                          "$CARBENCH_IMAGENET or ../shared/data/train/ImageNet_sample1000)")
+    bd.add_argument("--photos", default=None, metavar="DIR",
+                    help="photo folder (or folder of folders) of the segmentation rows on photos, to compute the bpp "
+                         "of the photos they scored (default $CARBENCH_DATA or ../shared/data/test)")
     bd.add_argument("--plot", default=None, metavar="DIR", help="also write the RD and rate-accuracy figures here")
     bd.add_argument("--quiet", action="store_true")
     bd.set_defaults(module="bdrate")

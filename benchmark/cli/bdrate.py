@@ -12,13 +12,15 @@ from benchmark.boards.targets import bdrate_target as target
 
 def main(args) -> int:
     from datamodules.classification import default_imagenet_folder
-    from datamodules.sources import DatasetError
+    from datamodules.sources import DatasetError, default_data_root
 
     boards = Path(args.boards) if args.boards is not None else leaderboard.LEADERBOARD_DIR
     imagenet = Path(args.imagenet) if args.imagenet else default_imagenet_folder()
+    photos = getattr(args, "photos", None)
+    photo_roots = [Path(photos)] if photos else [r for r in [default_data_root()] if r is not None]
     refused: list[dict] = []
     try:
-        rows, notes = build(boards, imagenet, progress=not args.quiet, refused=refused)
+        rows, notes = build(boards, imagenet, progress=not args.quiet, refused=refused, photo_roots=photo_roots)
     except leaderboard.LeaderboardError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
