@@ -669,5 +669,15 @@ def test_segmentation_bd_rows_use_the_bytes_of_the_photos_the_mask_selected(tmp_
             img.save(buf, format="JPEG", quality=q, subsampling=2)
             bits.append(8 * len(buf.getvalue()) / (img.height * img.width))
         assert rates[q] == pytest.approx(np.mean(bits), rel=1e-3)
+    from benchmark.boards import rd_plots
+
+    bdrate.write(tmp_path / "boards" / "bdrate.csv", out)
+    plots = rd_plots.write_plots(tmp_path / "boards", tmp_path / "report")
+    (png,) = [p for title, p in plots.items() if "selfie_seg" in title]
+    assert png.exists() and png.name == f"rate_accuracy_selfie_seg_{label.replace(':', '_')[:-11]}_maskge0.1_jpeg.png"
+    assert sorted(rd_plots.accuracy_series(leaderboard.read(tmp_path / "boards" / "segmentation.csv"),
+                                    bdrate.read(tmp_path / "boards" / "bdrate.csv"), "selfie_seg", label, "jpeg",
+                                    "consistency_iou", "segmentation")["direct"]) == \
+        sorted((rates[q], round(100 * iou[:, k].mean(), 4)) for k, q in enumerate(qfs))
     _, notes = bdrate.build(tmp_path / "boards", None, photo_roots=[tmp_path / "elsewhere"])
     assert any("--photos DIR" in n for n in notes)  # the folder not found: said, no invented rate

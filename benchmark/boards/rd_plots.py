@@ -110,6 +110,7 @@ def accuracy_series(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: s
 RATE_ACCURACY = {  # board -> (metric, x label, y label)
     "classification": ("top1", "bits per pixel (classifier crops)", "top-1 (%)"),
     "detection": ("consistency_map", "bits per pixel (whole photos)", "consistency mAP (%)"),
+    "segmentation": ("consistency_iou", "bits per pixel (whole photos scored)", "person-mask IoU vs clean (%)"),
 }
 
 
@@ -125,8 +126,8 @@ def accuracy_figure(task: pd.DataFrame, bd: pd.DataFrame, model: str, dataset: s
 
 
 def write_plots(boards: str | Path, out: str | Path, bdrate_csv: str | Path | None = None) -> dict[str, Path]:
-    """Every RD figure of `boards`/fidelity.csv and every rate-accuracy figure of `boards`/classification.csv
-    whose bpp the bdrate board (`bdrate_csv`, default `boards`/bdrate.csv) holds. {title: png}."""
+    """Every RD figure of `boards`/fidelity.csv and every rate-accuracy figure of the task boards (classification,
+    detection, segmentation) whose bpp the bdrate board (`bdrate_csv`, default `boards`/bdrate.csv) holds. {title: png}."""
     boards, out = Path(boards), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots: dict[str, Path] = {}
@@ -147,7 +148,7 @@ def write_plots(boards: str | Path, out: str | Path, bdrate_csv: str | Path | No
         for model, dataset, codec in sorted(map(tuple, keys.values.tolist())):
             fig = accuracy_figure(task, bd, model, dataset, codec, board)
             if fig is not None:
-                safe = dataset.replace(":", "_").replace("[", "_").replace("]", "")
+                safe = dataset.replace(":", "_").replace("[", "_").replace("]", "").replace(">=", "ge")
                 plots[f"Rate-accuracy: {model} on {dataset} ({codec})"] = _save(
                     fig, out / f"rate_accuracy_{model}_{safe}_{codec}.png")
     return plots
