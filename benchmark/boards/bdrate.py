@@ -513,6 +513,31 @@ def _keyed(digests) -> dict:
     return out
 
 
+def _common_images(data: dict) -> tuple[dict, list, list[int]]:
+    """(each file's {(digest, k): position}, the images in every file in the first file's order, the file sizes)."""
+    keyed = {k: _keyed(d["digest"]) for k, d in data.items()}
+    first = next(iter(keyed.values()))
+    common = [k for k in first if all(k in other for other in keyed.values())]
+    return keyed, common, sorted({len(v) for v in keyed.values()})
+
+
+def _interval_columns(iv: BDInterval, how: list[str]) -> dict:
+    """The INTERVAL_COLUMNS of a drawn interval; `how` (the note's parts) is completed here."""
+    out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
+    if any(b is None for b in (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)):
+        out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
+        how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
+                      "(not monotonic / no overlap)")
+    else:
+        out.update(bd_rate_lo=f"{iv.rate_lo:.4f}", bd_rate_hi=f"{iv.rate_hi:.4f}",
+                   bd_metric_lo=f"{iv.metric_lo:.6f}", bd_metric_hi=f"{iv.metric_hi:.6f}")
+        if iv.dropped:
+            how.append(f"{iv.dropped} resample(s) gave no BD value (not monotonic / no overlap), counted as the "
+                       "worst case on both sides")
+    out["interval_note"] = "; ".join(how)
+    return out
+
+
 def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: dict, rates: dict) -> dict:
     """The INTERVAL_COLUMNS of one BD row. `curves`: {label: {qf: the board row}} (reference first), `values` /
     `rates`: {label: [the board's value / rate per QF]} (the point estimate's inputs)."""
@@ -544,12 +569,9 @@ def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: 
             if not abs(mean - float(board)) <= _TOLERANCE:
                 return _no_interval(f"the per-image file of {label} QF {q} does not give the row's {c} (mean "
                                     f"{mean:.4f} of {len(d[c])} images, the board {float(board):.4f})")
-    keyed = {k: _keyed(d["digest"]) for k, d in data.items()}
-    first = next(iter(keyed.values()))
-    common = [k for k in first if all(k in other for other in keyed.values())]
+    keyed, common, sizes = _common_images(data)
     if not common:
         return _no_interval("no image in every per-image file of both curves")
-    sizes = sorted({len(v) for v in keyed.values()})
     arrays = {}
     for label in curves:
         for c in columns:
@@ -567,20 +589,7 @@ def _interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: 
         how.append(f"the images in every file of both curves (files of {sizes[0]} to {sizes[-1]} images)")
     how.append(f"rate: per-image {files.rate}" if files.rate else
                f"rate held at the rows' mean bpp (no per-image rate): only the {metric} per image resampled")
-    out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
-    bounds = (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)
-    if any(b is None for b in bounds):
-        out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
-        how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
-                      "(not monotonic / no overlap)")
-    else:
-        out.update(bd_rate_lo=f"{iv.rate_lo:.4f}", bd_rate_hi=f"{iv.rate_hi:.4f}",
-                   bd_metric_lo=f"{iv.metric_lo:.6f}", bd_metric_hi=f"{iv.metric_hi:.6f}")
-        if iv.dropped:
-            how.append(f"{iv.dropped} resample(s) gave no BD value (not monotonic / no overlap), counted as the "
-                       "worst case on both sides")
-    out["interval_note"] = "; ".join(how)
-    return out
+    return _interval_columns(iv, how)
 
 
 def _set_interval_fields(files: PointFiles, curves: dict, metric: str, qfs, values: dict, rates: dict,
@@ -600,12 +609,9 @@ def _set_interval_fields(files: PointFiles, curves: dict, metric: str, qfs, valu
         if not abs(whole - float(values[label][i])) <= _TOLERANCE:
             return _no_interval(f"the per-image matches of {label} QF {q} do not give the row's {metric} "
                                 f"({whole:.4f}, the board {float(values[label][i]):.4f})")
-    keyed = {k: _keyed(d["digest"]) for k, d in data.items()}
-    first = next(iter(keyed.values()))
-    common = [k for k in first if all(k in other for other in keyed.values())]
+    keyed, common, sizes = _common_images(data)
     if not common:
         return _no_interval("no image in every per-image file of both curves")
-    sizes = sorted({len(v) for v in keyed.values()})
     position = {k: np.array([keyed[k][c] for c in common], dtype=np.int64) for k in data}
     ref, test = list(curves)
 
@@ -623,19 +629,7 @@ def _set_interval_fields(files: PointFiles, curves: dict, metric: str, qfs, valu
     if len(sizes) > 1:
         how.append(f"the images in every file of both curves (files of {sizes[0]} to {sizes[-1]} images)")
     how.append("rate held at the rows' mean bpp (no per-image rate)")
-    out = {"n_paired": iv.n_images, "resamples": iv.resamples, "dropped": iv.dropped}
-    if any(b is None for b in (iv.rate_lo, iv.rate_hi, iv.metric_lo, iv.metric_hi)):
-        out.update(bd_rate_lo="", bd_rate_hi="", bd_metric_lo="", bd_metric_hi="")
-        how.insert(0, f"interval undefined: {iv.dropped} of {iv.resamples} resampled curves gave no BD value "
-                      "(not monotonic / no overlap)")
-    else:
-        out.update(bd_rate_lo=f"{iv.rate_lo:.4f}", bd_rate_hi=f"{iv.rate_hi:.4f}",
-                   bd_metric_lo=f"{iv.metric_lo:.6f}", bd_metric_hi=f"{iv.metric_hi:.6f}")
-        if iv.dropped:
-            how.append(f"{iv.dropped} resample(s) gave no BD value (not monotonic / no overlap), counted as the "
-                       "worst case on both sides")
-    out["interval_note"] = "; ".join(how)
-    return out
+    return _interval_columns(iv, how)
 
 
 def _delta_row(board, ref, test, metric, qfs, rate_ref, rate_test, what, files: PointFiles | None = None,
