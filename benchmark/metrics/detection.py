@@ -209,13 +209,14 @@ class DetectionMAP(Metric):
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         for out, tgt, i in zip(outputs, targets, ids.tolist()):
             self._blocks += 1
-            head = [float(rank * 2**31 + self._blocks), float(i)]
-            self.heads.append(torch.tensor([head], dtype=torch.float64))
+            # float64: a float32 block id of rank 1 (2**31 + k) would round to 2**31 and no longer name its image
+            head = torch.tensor([[float(rank * 2**31 + self._blocks), float(i)]], dtype=torch.float64)
+            self.heads.append(head)
             n, m = len(out["boxes"]), len(tgt["boxes"])
-            self.dets.append(torch.cat([torch.tensor(head).expand(n, 2), out["boxes"].detach().float().cpu(),
+            self.dets.append(torch.cat([head.expand(n, 2), out["boxes"].detach().float().cpu(),
                                         out["scores"].detach().float().cpu()[:, None],
                                         out["labels"].detach().float().cpu()[:, None]], 1).double())
-            self.gts.append(torch.cat([torch.tensor(head).expand(m, 2), tgt["boxes"].float().cpu(),
+            self.gts.append(torch.cat([head.expand(m, 2), tgt["boxes"].float().cpu(),
                                        tgt["labels"].float().cpu()[:, None]], 1).double())
 
     def compute(self) -> dict[str, float]:
