@@ -430,11 +430,10 @@ def _photo_spec(dataset: str, imagenet: Path | None, photo_roots) -> tuple[Path,
         root = Path(root)
         if root.is_dir():
             candidates += [root] + sorted(p for p in root.iterdir() if p.is_dir())
+    name = base.partition(":")[2].partition("@")[0]  # the label names the resolved folder as it is spelled
     for folder in candidates:
-        if folder.name.lower().replace("_", "-") == base.partition(":")[2].partition("@")[0].lower() \
-                or folder.name == base.partition(":")[2].partition("@")[0]:
-            if dataset_label(f"photos:{folder}") == base:
-                return folder, n
+        if folder.resolve().name == name and dataset_label(f"photos:{folder}") == base:
+            return folder, n
     return (f"no folder under {', '.join(map(str, photo_roots)) or '(none)'} is {base} (--photos DIR names the "
             "folder, or the folder of folders, of the photos)")
 
@@ -753,12 +752,13 @@ def classification_rows(df: pd.DataFrame, notes: list[str], imagenet: Path | Non
             names = None
             if board == "segmentation":  # the whole photos the clean mask selected: the reference row's photos
                 spec = _photo_spec(dataset, imagenet, photo_roots)
-                first = _rows_by_qf(ref_rows, TASK_METRICS[board][0]).get(qfs[0])
-                scored = None if files is None or first is None or isinstance(spec, str) else files.read(first)
-                if not isinstance(spec, str) and (scored is None or "_error" in scored):
-                    spec = "the reference row has no per-image file naming the photos it scored"
                 if not isinstance(spec, str):
-                    spec, names = (*spec, 0, 0, ""), tuple(scored["image"])
+                    first = _rows_by_qf(ref_rows, TASK_METRICS[board][0]).get(qfs[0])
+                    scored = None if files is None or first is None else files.read(first)
+                    if scored is None or "_error" in scored:
+                        spec = "the reference row has no per-image file naming the photos it scored"
+                    else:
+                        spec, names = (spec[0], spec[1], 0, 0, ""), tuple(scored["image"])
             else:
                 spec = _imagenet_spec(dataset, t.model_weights.iloc[0], imagenet, board)
             if isinstance(spec, str):
