@@ -94,6 +94,10 @@ def _task_worker(rank, world, port, task, results):
     out = _task_results(task, world, rank)
     if rank == 0:
         results.append(out)
+    # both ranks leave together: without it Lightning's atexit teardown let one rank drop gloo while the other still
+    # held the store, and that rank died with SIGABRT ("terminate called without an active exception", CI stop 32)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _free_port() -> int:
