@@ -325,3 +325,39 @@ def test_train_images_limits_the_photos_of_either_protocol(tmp_path, rng):
     train_set, _, _, info = _plugin_data("features", "efficientnet_lite0", str(photos), cfg, 0, preprocess=prep,
                                          protocol="out-of-domain")
     assert info["n_images"] == 3 and [r.name for r in train_set.records] == ["p0", "p1", "p10"]
+
+
+# ---- the shipped trial checkpoints ------------------------------------------------------------------------------------
+def test_shipped_trial_checkpoints_record_the_protocol_their_preset_names():
+    """Each fair-trial preset whose file is shipped was trained as its retrain command says: the protocol, labels,
+    loss, clean share, QF set, tap and copies in the file's record match the flags, and the whole budget ran."""
+    import shlex
+
+    from benchmark.cli.train import PROTOCOLS
+    from lightning_modules.dedrifters.afd import _TRIAL
+    from lightning_modules.registry import CHECKPOINT_DIR, resolve_preset
+
+    shipped = 0
+    for method, presets in _TRIAL.items():
+        for name, (kwargs, flags, _) in presets.items():
+            path = CHECKPOINT_DIR / f"{method}_{name}.pt"
+            if not path.is_file():
+                continue
+            shipped += 1
+            opts = dict(zip(shlex.split(flags)[::2], shlex.split(flags)[1::2]))
+            meta = torch.load(path, map_location="cpu", weights_only=False)["carbench"]
+            rec, protocol = meta["protocol_record"], opts["--protocol"]
+            assert (meta["method"], rec["protocol"]) == (method, protocol), path
+            assert rec["steps"] == rec["steps_done"] == PROTOCOLS[protocol]["steps"], path
+            assert rec["batch_size"] == PROTOCOLS[protocol]["batch_size"] and rec["crop"] == 224, path
+            assert rec["qf_set"] == [int(q) for q in opts.get("--qf-set", "25,18,15,10,7").split(",")], path
+            assert rec["clean_share"] == float(opts.get("--clean-share", 0)), path
+            assert rec["labels"] == ("yes" if opts.get("--labels") == "labels" else "no"), path
+            if method != "jpeg_finetune":
+                assert rec["loss"] == opts.get("--loss", "feature-mse"), path
+            preset = resolve_preset(method, name)[2]
+            assert {k: meta["net_kwargs"][k] for k in preset.kwargs if k in meta["net_kwargs"]} == \
+                {k: v for k, v in preset.kwargs.items() if k in meta["net_kwargs"]}, path
+            assert rec["folds"] == (kwargs["folds"] if kwargs.get("folds", 1) > 1 else None), path
+            create(method, name, pretrained=True)  # the preset loads its file
+    assert shipped >= 3  # the out-of-domain trial of AFD, DDP and fine-tuning at least

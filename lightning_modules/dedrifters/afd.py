@@ -763,6 +763,42 @@ _ABLATIONS = {  # Tables II-III on the embedded classifier, plus the release's p
 }
 
 
+# The fair trial (benchmark/README.md, "A fair trial for the feature de-drifters"): every run on one protocol of
+# benchmark/cli/train.py's PROTOCOLS (the same crops seen, crop size, QF set and schedule), after Lite0's stem.
+# preset -> (kwargs beyond the method's lite0 ones, `benchmark train` flags, what differs)
+_OOD = "out of domain (BSDS500 train + scikit-image photos)"
+_IN = "in domain (the ImageNet sample, 2-fold by class parity)"
+_TRIAL = {
+    "afd": {
+        "lite0_ood": ({}, "--protocol out-of-domain", f"{_OOD}, label-free feature MSE"),
+        "lite0_in": ({"folds": 2}, "--protocol in-domain", f"{_IN}, label-free feature MSE"),
+        "lite0_ood_clean20": ({}, "--protocol out-of-domain --clean-share 0.2",
+                              f"{_OOD}, 20 % of the crops clean with the identity target"),
+        "lite0_ood_kl": ({}, "--protocol out-of-domain --loss logit-kl",
+                         f"{_OOD}, KL to the frozen classifier's clean predictions instead of feature MSE"),
+        "lite0_ood_d3": ({"depth": "D3"}, "--protocol out-of-domain --depth D3", f"{_OOD}, the tap after block 0"),
+        "lite0_ood_qf10": ({}, "--protocol out-of-domain --qf-set 10", f"{_OOD}, one model for QF 10 only"),
+    },
+    "degradation_prior": {
+        "lite0_ood": ({}, "--protocol out-of-domain", f"{_OOD}, label-free feature MSE"),
+        "lite0_in": ({"folds": 2}, "--protocol in-domain", f"{_IN}, label-free feature MSE"),
+    },
+    "jpeg_finetune": {
+        "lite0_ood": ({"folds": 1}, "--protocol out-of-domain",
+                      f"{_OOD}, distilled from the frozen classifier's clean predictions (no labels)"),
+        "lite0_in_labels": ({"folds": 2}, "--protocol in-domain --labels labels", f"{_IN}, with labels"),
+        "lite0_in_distil": ({"folds": 2}, "--protocol in-domain --labels none", f"{_IN}, distilled (no labels)"),
+    },
+}
+
+
+def _trial_presets(method: str, lite0: dict) -> dict[str, Preset]:
+    return {name: Preset(kwargs={**lite0, **kw}, weights=f"{method}_{name}.pt",
+                         description=f"fair trial: {what}; `benchmark train --method {method} --preset lite0 {flags} "
+                                     f"--save-at 0.25,0.5,1 --out {method}_{name}.pt`")
+            for name, (kw, flags, what) in _TRIAL[method].items()}
+
+
 @register(
     "afd",
     presets={
@@ -779,6 +815,7 @@ _ABLATIONS = {  # Tables II-III on the embedded classifier, plus the release's p
                         description="the paper-size AFD (0.11 M at 64 ch) after EfficientNet-Lite0's stem, trained "
                                     "label-free on BSDS500 train + scikit-image photos; shipped; retrain with "
                                     "`benchmark train --method afd --preset lite0`"),
+        **_trial_presets("afd", dict(backbone="efficientnet_lite0", depth="D2")),
         "paper_repvgg": Preset(kwargs=dict(backbone="repvgg_a2", depth="D1"), weights="afd_paper_repvgg.pt",
                                description="RepVGG-A2 after stage0 (D1); train with "
                                            "`benchmark train --config afd_paper.yaml --preset paper_repvgg`"),
@@ -800,6 +837,7 @@ def build_afd(folds: int | None = None, **kwargs) -> AFDNet | FoldDeDrifters:
                         description="after EfficientNet-Lite0's stem, trained label-free on BSDS500 train + "
                                     "scikit-image photos; shipped; `benchmark train --method degradation_prior "
                                     "--preset lite0`"),
+        **_trial_presets("degradation_prior", dict(backbone="efficientnet_lite0", depth="D2")),
         "paper": Preset(kwargs=dict(backbone="resnet50", depth="D2"), weights="degradation_prior_paper.pt",
                         description="ResNet-50 after the first ReLU; train with "
                                     "`benchmark train --config afd_paper.yaml --method degradation_prior`"),
@@ -824,6 +862,7 @@ def build_degradation_prior(folds: int | None = None, **kwargs) -> DegradationPr
                                     "ImageNet sample, 2-fold by class parity (no image scored by a copy that saw "
                                     "it); `benchmark train --method jpeg_finetune --preset lite0 --train-dir "
                                     "imagenet-flat:DIR`"),
+        **_trial_presets("jpeg_finetune", dict(backbone="efficientnet_lite0", n_stages=3)),
         "paper": Preset(kwargs=dict(backbone="resnet50"), weights="jpeg_finetune_paper.pt",
                         description="ResNet-50 fine-tuned on JPEG ImageNet images (Table X); "
                                     "`benchmark train --method jpeg_finetune --preset paper --train-dir IMAGENET`"),
