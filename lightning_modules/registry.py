@@ -53,18 +53,19 @@ _plugins_loaded = False
 # tests/test_usage_errors.py keeps it equal to what the families register
 BUILTIN_PRESETS: dict[str, tuple[str, ...]] = {
     "afd": ("compact", "compact_pixels", "compact_shuffled", "compact_pooled", "compact_fenet", "paper", "lite0",
+            "lite0_ood", "lite0_in", "lite0_ood_clean20", "lite0_ood_kl", "lite0_ood_d3", "lite0_ood_qf10",
             "paper_repvgg"),
     "arcnn": ("compact", "paper"),
     "dagn": ("compact", "paper", "paper_baseline", "paper_w_cigm", "paper_w_csgm", "paper_w_cfm"),
     "dcsc": ("paper",),
-    "degradation_prior": ("compact", "lite0", "paper"),
+    "degradation_prior": ("compact", "lite0", "lite0_ood", "lite0_in", "paper"),
     "dncnn": ("compact", "paper"),
     "dualpriors": ("compact", "paper"),
     "fbcnn": ("compact", "paper", "paper_gray"),
     "jarcal": ("compact", "paper", "paper_no_encoder", "paper_no_pretrain", "paper_concat", "paper_concat_no_effm",
                "paper_no_fft"),
     "jpeg": ("none",),
-    "jpeg_finetune": ("compact", "lite0", "paper"),
+    "jpeg_finetune": ("compact", "lite0", "lite0_ood", "lite0_in_labels", "lite0_in_distil", "paper"),
     "n2n_unet": ("compact", "compact_qf10", "paper"),
     "urie": ("paper",),
 }
