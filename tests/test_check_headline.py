@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli.common import SUITE, SUITE_ALIASES, _csv
-from tests.test_readme_numbers import _table  # the README tables, parsed as the number test reads them
+from tests.test_readme_numbers import _table, method_and_preset  # the README tables, parsed as that test reads them
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,8 @@ def test_every_measured_row_of_the_readme_fidelity_table_is_re_measured():
 
 def test_every_row_of_the_readme_task_tables_has_its_subset_row_re_measured():
     names = {"direct (no restoration)": "jpeg", "direct (JPEG)": "jpeg", "urie (authors')": "urie"}
-    classification = [names.get(c[0], c[0].split(" (")[0]) for c in _table("| method (preset) | clean |")]
+    classification = [names.get(c[0]) or ".".join(filter(None, method_and_preset(c[0])))
+                      for c in _table("| method (preset) | clean |")]
     detection = [names.get(c[0], c[0]) for c in _table("| method | Q25 | Q18 | Q15 | Q10 | Q7 |")]
     assert len(classification) >= 10 and len(detection) >= 8
     for suite, methods in (("headline-classification", classification), ("headline-detection", detection)):
@@ -95,8 +96,9 @@ def test_the_subset_rows_the_gate_compares_with_are_committed_with_their_command
     rows = _committed_subset_rows(board, suite)
     argv = SUITE[suite][0][0]
     for m in _csv(argv[argv.index("--method") + 1]):
-        method = "direct" if m == "jpeg" else m
-        got = rows[(rows.method == method) & (rows.qf == "10") & (rows.codec == "jpeg")]
+        method, _, preset = ("direct" if m == "jpeg" else m).partition(".")
+        got = rows[(rows.method == method) & (rows.qf == "10") & (rows.codec == "jpeg")
+                   & ((rows.preset == preset) if preset else True)]
         assert len(got) >= 1, (board, method)
         for r in got.itertuples():
             assert r.command.startswith("benchmark run ") and "--n-images" in r.command, (method, r.command)

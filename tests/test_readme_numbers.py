@@ -45,6 +45,13 @@ def _table(header_start: str) -> list[list[str]]:
     return rows
 
 
+def method_and_preset(name: str) -> tuple[str, str | None]:
+    """A task table's first cell, `method (preset[, note])` or `direct (no restoration)` -> (method, preset)."""
+    m = re.fullmatch(r"([\w.]+)(?: \((\w+)[^)]*\))?", name)
+    assert m, name
+    return m[1], (m[2] if m[1] != "direct" else None)
+
+
 def _check_interval(text: str, row: pd.Series, decimals: int, where: str) -> None:
     """`text` holds the row's interval exactly when the board row has one, bold exactly when it excludes 0."""
     m = INTERVAL.search(text)
@@ -65,14 +72,16 @@ def test_classification_table_is_the_board():
                  (board.source == "measured") & (board.metric == "top1") & board.passes.isin(["0", "1"])]
     checked = 0
     for cells in _table("| method (preset) | clean | Q25"):
-        method = cells[0].split(" (")[0]
+        method, preset = method_and_preset(cells[0])
+        of_it = rows[(rows.method == method) & (rows.preset == preset)] if preset else rows[rows.method == method]
         for column, cell in zip(("clean", *QFS), cells[1:7]):
             if not cell:
                 continue
             if column == "clean":
-                match = rows[rows.method.isin(["clean"] if method == "direct" else [method]) & (rows.codec == "none")]
+                match = rows[(rows.method == "clean") & (rows.codec == "none")] if method == "direct" else \
+                    of_it[of_it.codec == "none"]
             else:
-                match = rows[(rows.method == method) & (rows.codec == "jpeg") & (rows.qf == column)]
+                match = of_it[(of_it.codec == "jpeg") & (of_it.qf == column)]
             assert len(match) == 1, (method, column)
             row = match.iloc[0]
             assert cell.split()[0] == _rounded(row.value, 1), (method, column)
