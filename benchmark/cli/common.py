@@ -167,7 +167,7 @@ SUITE: dict[str, list[tuple[list[str], str]]] = {
     ],
     "headline-classification": [
         (["run", "--task", "classification", "--task-model", "efficientnet_lite0", "--method",
-          "jpeg,fbcnn,dagn,n2n_unet,jarcal,dncnn,arcnn,afd.lite0_ood,degradation_prior.lite0_ood,"
+          "jpeg,fbcnn,dagn,n2n_unet,jarcal,dncnn,arcnn,afd.lite0_ood,afd.lite0_ood_kl,degradation_prior.lite0_ood,"
           "jpeg_finetune.lite0_ood,jpeg_finetune.lite0", "--qf", "10",
           "--n-images", "200"], "imagenet"),
     ],
