@@ -60,8 +60,8 @@ class ConfigError(ValueError):
 # the fair trial of the feature de-drifters (issue 27): one protocol for every task-side trained method, the same
 # crops seen (steps x batch) and crop size for all of them. The schedule has the paper's shape (Adam, lr x0.2 at
 # half the steps, as its 1e-4 -> 2e-5 at 7500 of 15000; QFs 25/18/15/10/7, 224 crops); the budget is what one
-# 3-hour CPU session holds for the three out-of-domain runs (~1 h on 2 cores: AFD ~1.2 s a step, DDP ~2.4 s,
-# fine-tuning ~3 s): 500 x 16 = 8 000 crops, 1.7 % of the paper's 15 000 x 32; the --save-at learning curve says
+# 3-hour CPU session holds for the three out-of-domain runs (measured on 2 quiet cores: AFD 5.5 min, DDP 10 min,
+# fine-tuning ~13 min): 500 x 16 = 8 000 crops, 1.7 % of the paper's 15 000 x 32; the --save-at learning curve says
 # whether more would help. Each method keeps its own learning rate.
 #  out-of-domain: label-free, ../shared/data/train/BSDS500_train + the scikit-image training photos (never the
 #                 evaluation sample), resized as the classifier resizes; `jpeg_finetune` distils the frozen
